@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create (or refresh) ./.venv with this project installed in editable mode.
+#   bash scripts/setup.sh [EXTRAS]     EXTRAS: comma-separated, default "samples"; tests use "dev"
+# Uses pip with constraints.txt (torch 2.14.1 + torchvision 0.29.1; see README). Re-running is
+# cheap: nothing is reinstalled unless pyproject.toml, constraints.txt or EXTRAS changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-samples}"
+venv="${SEMHITOK_VENV:-.venv}"
+stamp="$venv/.installed"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16) [$extras]"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+echo "setting up $venv with extras [$extras] (first time: a few minutes)..." >&2
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+echo "$want" > "$stamp"

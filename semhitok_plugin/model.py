@@ -1,0 +1,306 @@
+"""``SemHiTok``: the tokenizer that composes the teacher, both codebooks and the ViTs (Fig. 3a).
+
+Semantic branch (stage 1): frozen teacher -> MLP projection -> :class:`SemanticCodebook` ->
+semantic decoder (distillation target: the teacher's features).
+Pixel branch (stages 2-3): ViT pixel encoder -> :class:`SubCodebookQuantizer` guided by the
+semantic ids -> ViT pixel decoder on the concatenated quantised features.
+
+Stage 2 never runs the semantic branch with gradients or EMA updates, so it cannot change a
+semantic id or an understanding feature (the paper's "non-conflicting extension").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+from .config import SemHiTokConfig
+from .hub import WeightsNotFoundError, is_hub_id, resolve_file
+from .ids import check_ids, merge_ids, split_ids
+from .semantic_codebook import SemanticCodebook
+from .sghc import SubCodebookQuantizer
+from .teacher import FrozenTeacher
+from .vit import PixelDecoder, PixelEncoder, TokenTransformer
+
+STAGES = ("semantic", "pixel", "decoder")
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class CheckpointMismatchError(ValueError):
+    """The weights in a checkpoint do not fit the architecture its config describes."""
+
+
+@dataclass
+class TokenizerOutput:
+    sem_ids: torch.Tensor  # (B, h, w) long, in [0, K)
+    pix_ids: torch.Tensor  # (B, h, w) long, in [0, m)
+    flat_ids: torch.Tensor  # (B, h, w) long, in [0, K*m)
+    sem_features: torch.Tensor  # (B, h*w, semantic code dim): quantised, l2-normalised
+    pix_features: torch.Tensor  # (B, h*w, pixel code dim): quantised, l2-normalised
+
+
+class SemHiTok(nn.Module):
+    def __init__(self, config: SemHiTokConfig, *, load_teacher_weights: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.name_or_path = ""
+        sem, pix = config.semantic, config.pixel
+        grid, patch = config.grid_size, config.teacher.patch_size
+        num_tokens = grid[0] * grid[1]
+        self.teacher = FrozenTeacher(
+            config.teacher, config.canvas_size, load_weights=load_teacher_weights
+        )
+        width = self.teacher.embed_dim
+        self.semantic_proj = Mlp(width, hidden_features=width, out_features=sem.code_dim)
+        self.semantic_codebook = SemanticCodebook(
+            sem.codebook_size,
+            sem.code_dim,
+            decay=sem.ema_decay,
+            commitment_weight=sem.commitment_weight,
+            kmeans_init=sem.kmeans_init,
+            kmeans_iters=sem.kmeans_iters,
+            dead_code_patience=sem.dead_code_patience,
+            chunk_size=sem.chunk_size,
+        )
+        self.semantic_decoder = TokenTransformer(sem.code_dim, sem.decoder, num_tokens, width)
+        self.pixel_encoder = PixelEncoder(pix.encoder, patch, grid, pix.code_dim)
+        self.pixel_quantizer = SubCodebookQuantizer(
+            sem.codebook_size,
+            pix.sub_codebook_size,
+            pix.code_dim,
+            commitment_weight=pix.commitment_weight,
+            codebook_weight=pix.codebook_weight,
+        )
+        self.pixel_decoder = PixelDecoder(
+            pix.decoder, pix.concat, sem.code_dim, pix.code_dim, patch, grid
+        )
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.config.grid_size
+
+    @property
+    def sub_codebook_size(self) -> int:
+        return self.config.pixel.sub_codebook_size
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.semantic.codebook_size
+
+    # -- image plumbing ------------------------------------------------------------------------
+    def _to_canvas(self, images: torch.Tensor) -> torch.Tensor:
+        size, canvas = self.config.image_size, self.config.canvas_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
+            raise ValueError(
+                f"expected images of shape (B, 3, {size}, {size}) in [-1, 1], "
+                f"got {tuple(images.shape)}"
+            )
+        if canvas == size:
+            return images
+        return F.interpolate(images, size=canvas, mode="bicubic", antialias=True)
+
+    def _from_canvas(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images, size=size, mode="bicubic", antialias=True)
+        return images
+
+    # -- branches ------------------------------------------------------------------------------
+    def _semantic(self, x: torch.Tensor, *, update: bool = False):
+        features = self.teacher(x)
+        return features, self.semantic_codebook(self.semantic_proj(features), update=update)
+
+    def _grid(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids.view(ids.shape[0], *self.grid_size)
+
+    # -- public API ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> TokenizerOutput:
+        """Tokenize images (B, 3, S, S) in [-1, 1]."""
+        x = self._to_canvas(images)
+        _, sem = self._semantic(x)
+        pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids)
+        flat = merge_ids(sem.ids, pix.ids, self.codebook_size, self.sub_codebook_size)
+        return TokenizerOutput(
+            self._grid(sem.ids), self._grid(pix.ids), self._grid(flat), sem.quantized, pix.quantized
+        )
+
+    def embed_ids(self, flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantised (semantic, pixel) features (B, h*w, dim) of flat ids (B, h, w) or (B, h*w)."""
+        h, w = self.grid_size
+        if flat_ids.ndim not in (2, 3) or flat_ids[0].numel() != h * w:
+            raise ValueError(
+                f"flat_ids must have shape (B, {h}, {w}) or (B, {h * w}) for this tokenizer, "
+                f"got {tuple(flat_ids.shape)}"
+            )
+        flat_ids = flat_ids.reshape(flat_ids.shape[0], h * w)
+        sem_ids, pix_ids = split_ids(flat_ids, self.codebook_size, self.sub_codebook_size)
+        sem = self.semantic_codebook.lookup(sem_ids)
+        return sem, self.pixel_quantizer.lookup(sem_ids, pix_ids)
+
+    def decode_features(self, sem: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from quantised features; differentiable (used in training)."""
+        return self._from_canvas(self.pixel_decoder(sem, pix))
+
+    @torch.no_grad()
+    def decode(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1] from flat ids in [0, vocab_size)."""
+        return self.decode_features(*self.embed_ids(flat_ids)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.encode(images)
+        return self.decode_features(out.sem_features, out.pix_features).clamp(-1, 1)
+
+    @torch.no_grad()
+    def semantic_features(self, sem_ids: torch.Tensor) -> torch.Tensor:
+        """Decoded semantic features (B, h*w, teacher dim): the understanding features."""
+        check_ids(sem_ids, self.codebook_size, "sem_ids")
+        return self.semantic_decoder(self.semantic_codebook.lookup(sem_ids.flatten(1)))
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, stage: str = "pixel") -> dict[str, torch.Tensor]:
+        """Losses of one training stage; ``loss`` is their weighted sum.
+
+        ``semantic``: cosine distillation + commitment, with one EMA codebook update in training
+        mode. ``pixel`` / ``decoder``: reconstruction + SGHC codebook/commitment losses, with the
+        semantic branch run without gradients or updates; ``reconstruction`` holds the decoded
+        images for perceptual and adversarial losses added by the trainer.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        x = self._to_canvas(images)
+        if stage == "semantic":
+            target, sem = self._semantic(x, update=self.training)
+            distill = (
+                1 - F.cosine_similarity(self.semantic_decoder(sem.quantized), target, -1).mean()
+            )
+            return {"loss": distill + sem.losses["commitment"], "distill": distill, **sem.losses}
+        with torch.no_grad():
+            _, sem = self._semantic(x)
+        with torch.set_grad_enabled(stage == "pixel" and torch.is_grad_enabled()):
+            pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids)
+        recon = self.pixel_decoder(sem.quantized, pix.quantized)
+        loss_fn = F.l1_loss if self.config.pixel.recon_loss == "l1" else F.mse_loss
+        rec = loss_fn(recon, x)
+        losses = {"recon": rec, **pix.losses}
+        return {"loss": sum(losses.values()), **losses, "reconstruction": self._from_canvas(recon)}
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        """Modules trained by gradient in ``stage`` (the semantic codebook learns by EMA)."""
+        modules = {
+            "semantic": [self.semantic_proj, self.semantic_decoder],
+            "pixel": [self.pixel_encoder, self.pixel_quantizer, self.pixel_decoder],
+            "decoder": [self.pixel_decoder],
+        }
+        if stage not in modules:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        return modules[stage]
+
+    def freeze_for(self, stage: str) -> list[nn.Parameter]:
+        """Make only ``stage``'s modules trainable; returns their parameters for the optimizer."""
+        self.requires_grad_(False)
+        params = []
+        for module in self.stage_modules(stage):
+            module.requires_grad_(True)
+            params.extend(module.parameters())
+        return params
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (every weight, the teacher's too)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, spec: str | Path, *, map_location: str = "cpu") -> SemHiTok:
+        """Load from a directory written by :meth:`save_pretrained` or a hub repo id.
+
+        The architecture is built from ``config.json`` alone (no network), and every weight,
+        the teacher's included, comes from the checkpoint.
+        """
+        from safetensors.torch import load_file
+
+        option = "a directory written by save_pretrained, or a hub repo id"
+        files = [
+            resolve_file(str(spec), [name], what=f"SemHiTok {name}", option=option)
+            for name in (CONFIG_NAME, WEIGHTS_NAME)
+        ]
+        model = cls(SemHiTokConfig.load(files[0]), load_teacher_weights=False)
+        state = load_file(str(files[1]), device=map_location)
+        _check_state_dict(model, state, files[1])
+        model.load_state_dict(state)
+        model.name_or_path = str(spec)
+        return model.eval()
+
+
+def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (
+        ("shape mismatch", shapes),
+        ("missing", missing),
+        ("unexpected", unexpected),
+    ):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {'; '.join(items[:5])}{more}")
+    raise CheckpointMismatchError(
+        f"weights in {source} do not match the architecture of its config.json — "
+        + " | ".join(parts)
+    )
+
+
+def load_model(spec: str, *, teacher_weights: str | None = None, seed: int = 0) -> SemHiTok:
+    """A tokenizer from a preset name, a local directory or a hub repo id.
+
+    A preset builds a fresh model (random weights from ``seed``, teacher weights from
+    ``teacher_weights`` or the preset's default); directories and hub ids load a checkpoint.
+    """
+    from .plugins import available_presets, get_preset
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return SemHiTok.from_pretrained(path)
+    if spec in available_presets():
+        config = get_preset(spec)
+        if teacher_weights:
+            config.teacher.weights = teacher_weights
+        torch.manual_seed(seed)
+        model = SemHiTok(config)
+        model.name_or_path = spec
+        return model.eval()
+    if is_hub_id(spec):
+        return SemHiTok.from_pretrained(spec)
+    raise WeightsNotFoundError(
+        f"model {spec!r} is not a preset ({', '.join(sorted(available_presets()))}), an existing "
+        "directory, or a hub repo id"
+    )
+
+
+__all__ = ["STAGES", "CheckpointMismatchError", "SemHiTok", "TokenizerOutput", "load_model"]

@@ -1,0 +1,37 @@
+"""Exact per-code usage counts and perplexity, shared by both quantizers.
+
+Counts are exact integers accumulated over every call since the last :meth:`CodeUsage.reset`
+(no rolling window, no EMA), on this rank only; evaluation code sums them across ranks if needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CodeUsage(nn.Module):
+    def __init__(self, num_codes: int) -> None:
+        super().__init__()
+        self.num_codes = num_codes
+        # Not persistent: usage is a measurement, not part of the model's weights.
+        self.register_buffer("counts", torch.zeros(num_codes, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def update(self, ids: torch.Tensor) -> None:
+        self.counts += torch.bincount(ids.reshape(-1), minlength=self.num_codes)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def fraction_used(self) -> float:
+        """Share of codes selected at least once."""
+        return (self.counts > 0).float().mean().item()
+
+    def perplexity(self) -> float:
+        """exp(entropy) of the empirical code distribution; equals num_codes when uniform."""
+        total = self.counts.sum()
+        if total == 0:
+            return 0.0
+        p = self.counts[self.counts > 0].double() / total
+        return torch.exp(-(p * p.log()).sum()).item()

@@ -1,0 +1,111 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semhitok_plugin.cli import main
+from semhitok_plugin.images import center_crop, load_image, to_tensor
+from semhitok_plugin.samples import write_sample_photos
+
+
+@pytest.fixture
+def saved_model(tiny_model, photos, tmp_path):
+    tiny_model.train()(photos, stage="semantic")
+    return tiny_model.eval(), tiny_model.save_pretrained(tmp_path / "model")
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    paths = write_sample_photos(tmp_path / "images", ("astronaut", "coffee", "chelsea"))
+    jpg = paths[1].with_suffix(".jpg")  # one JPEG among the PNGs
+    Image.open(paths[1]).save(jpg, quality=95)
+    return [paths[0], jpg, paths[2]]
+
+
+def test_encode_decode_round_trip_on_real_photos(saved_model, image_files, tmp_path, capsys):
+    model, model_dir = saved_model
+    tokens = tmp_path / "tokens.npz"
+    assert main(["encode", *map(str, image_files), "-m", str(model_dir), "-o", str(tokens)]) == 0
+    with np.load(tokens) as data:
+        assert data["flat_ids"].dtype == np.int32 and data["flat_ids"].shape == (3, 8, 8)
+        assert tuple(data["grid"]) == (8, 8) and int(data["vocab_size"]) == 256
+        ids = torch.from_numpy(data["flat_ids"].astype(np.int64))
+    crops = to_tensor([center_crop(load_image(p), 64) for p in image_files])
+    assert torch.equal(ids, model.encode(crops).flat_ids)
+
+    decoded, recon = tmp_path / "decoded", tmp_path / "recon"
+    assert main(["decode", str(tokens), "-m", str(model_dir), "-o", str(decoded)]) == 0
+    assert (
+        main(["reconstruct", *map(str, image_files), "-m", str(model_dir), "-o", str(recon)]) == 0
+    )
+    for path in image_files:
+        a = np.asarray(Image.open(decoded / f"{path.stem}.png"))
+        b = np.asarray(Image.open(recon / f"{path.stem}.png"))
+        assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert (recon / "grid.png").is_file()
+
+
+def test_unreadable_file_is_named_and_fails(saved_model, image_files, tmp_path, capsys):
+    _, model_dir = saved_model
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("this is not a JPEG")
+    tokens = tmp_path / "tokens.npz"
+    assert main(["encode", str(bad), "-m", str(model_dir), "-o", str(tokens)]) != 0
+    assert "broken.jpg" in capsys.readouterr().err
+    # in a batch, the good images are still written and the bad one is reported
+    status = main(
+        ["encode", str(image_files[0]), str(bad), "-m", str(model_dir), "-o", str(tokens)]
+    )
+    assert status == 1 and "broken.jpg" in capsys.readouterr().err
+    with np.load(tokens) as data:
+        assert list(data["files"]) == [str(image_files[0])]
+
+
+def test_decode_refuses_ids_of_another_vocabulary(saved_model, tmp_path, capsys):
+    _, model_dir = saved_model
+    tokens = tmp_path / "foreign.npz"
+    np.savez(
+        tokens,
+        flat_ids=np.zeros((1, 8, 8), np.int32),
+        grid=np.array([8, 8]),
+        vocab_size=np.int64(196_608),
+        model=np.str_("siglip-l16-256"),
+    )
+    assert main(["decode", str(tokens), "-m", str(model_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "vocab 196608" in capsys.readouterr().err
+
+
+def test_decode_refuses_out_of_range_ids(saved_model, tmp_path, capsys):
+    _, model_dir = saved_model
+    tokens = tmp_path / "bad.npz"
+    ids = np.zeros((1, 8, 8), np.int32)
+    ids[0, 3, 3] = 256
+    np.savez(tokens, flat_ids=ids, grid=np.array([8, 8]), vocab_size=np.int64(256))
+    assert main(["decode", str(tokens), "-m", str(model_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "outside the valid range [0, 256)" in capsys.readouterr().err
+
+
+def test_demo_writes_every_output(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("inputs", "token_maps", "decoded", "reconstructions/grid.png", "tokens.npz"):
+        assert (tmp_path / name).exists() and str(tmp_path / name) in out
+
+
+def test_info_for_the_paper_preset_offline():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "semhitok_plugin.cli", "info", "siglip-l16-256"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "16x16 = 256 per image" in run.stdout
+    assert "196,608" in run.stdout
+    assert "params teacher           316.0 M" in run.stdout
+    assert "architecture built without weights" in run.stdout
