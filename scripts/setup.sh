@@ -14,5 +14,7 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 fi
 echo "setting up $venv with extras [$extras] (first time: a few minutes)..." >&2
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+# (this machine's pip config lists local index folders that may not exist: drop those warnings)
+"$venv/bin/pip" install --quiet --disable-pip-version-check -c constraints.txt -e ".[$extras]" \
+  2> >(grep -v "^WARNING: Location 'file:" >&2)
 echo "$want" > "$stamp"

@@ -25,14 +25,18 @@ def check_ids(ids: torch.Tensor, upper: int, name: str) -> None:
         raise TokenIdError(f"{name} contains {bad}, outside the valid range [0, {upper})")
 
 
-def merge_ids(sem_ids: torch.Tensor, pix_ids: torch.Tensor, codebook_size: int, sub_size: int):
+def merge_ids(
+    sem_ids: torch.Tensor, pix_ids: torch.Tensor, codebook_size: int, sub_size: int
+) -> torch.Tensor:
     """Flat ids from (semantic id, pixel id inside its sub-codebook) pairs."""
     check_ids(sem_ids, codebook_size, "sem_ids")
     check_ids(pix_ids, sub_size, "pix_ids")
     return sem_ids.long() * sub_size + pix_ids.long()
 
 
-def split_ids(flat_ids: torch.Tensor, codebook_size: int, sub_size: int):
+def split_ids(
+    flat_ids: torch.Tensor, codebook_size: int, sub_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(semantic id, pixel id) pairs from flat ids; inverse of :func:`merge_ids`."""
     check_ids(flat_ids, codebook_size * sub_size, "flat_ids")
     flat = flat_ids.long()

@@ -27,29 +27,18 @@ from .config import (
 )
 from .plugins import hookimpl
 
+L16, SO400M14 = "vit_large_patch16_siglip_256", "vit_so400m_patch14_siglip_384"
 
-def siglip_l16_256(decoder: ViTConfig = VIT_B) -> SemHiTokConfig:
+
+def siglip(image_size: int, teacher: str, patch: int, width: int, decoder: ViTConfig = VIT_B):
+    """A paper preset: a timm SigLIP teacher (weights from timm's hub repo), K = 16384 x 48-d
+    semantic codes with a 3-block decoder as wide as the teacher, m = 12 pixel codes each."""
     return SemHiTokConfig(
-        image_size=256,
+        image_size=image_size,
         teacher=TeacherConfig(
-            model_name="vit_large_patch16_siglip_256",
-            weights="timm/vit_large_patch16_siglip_256.webli",
-            patch_size=16,
+            model_name=teacher, weights=f"timm/{teacher}.webli", patch_size=patch
         ),
-        semantic=SemanticConfig(decoder=ViTConfig(width=1024, depth=3, heads=16)),
-        pixel=PixelConfig(decoder=dataclasses.replace(decoder)),
-    )
-
-
-def siglip_so400m14_384(decoder: ViTConfig = VIT_B) -> SemHiTokConfig:
-    return SemHiTokConfig(
-        image_size=384,
-        teacher=TeacherConfig(
-            model_name="vit_so400m_patch14_siglip_384",
-            weights="timm/vit_so400m_patch14_siglip_384.webli",
-            patch_size=14,
-        ),
-        semantic=SemanticConfig(decoder=ViTConfig(width=1152, depth=3, heads=16)),
+        semantic=SemanticConfig(decoder=ViTConfig(width=width, depth=3, heads=16)),
         pixel=PixelConfig(decoder=dataclasses.replace(decoder)),
     )
 
@@ -80,9 +69,9 @@ def tiny() -> SemHiTokConfig:
 @hookimpl
 def semhitok_presets() -> dict[str, SemHiTokConfig]:
     return {
-        "siglip-l16-256": siglip_l16_256(),
-        "siglip-l16-256-enhance": siglip_l16_256(VIT_L),
-        "siglip-so400m14-384": siglip_so400m14_384(),
-        "siglip-so400m14-384-enhance": siglip_so400m14_384(VIT_L),
+        "siglip-l16-256": siglip(256, L16, 16, 1024),
+        "siglip-l16-256-enhance": siglip(256, L16, 16, 1024, VIT_L),
+        "siglip-so400m14-384": siglip(384, SO400M14, 14, 1152),
+        "siglip-so400m14-384-enhance": siglip(384, SO400M14, 14, 1152, VIT_L),
         "tiny": tiny(),
     }

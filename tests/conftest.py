@@ -2,6 +2,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -26,3 +29,19 @@ def photos():
     """Four real photos (scikit-image's bundled samples) as a (4, 3, 64, 64) batch in [-1, 1]."""
     names = ("astronaut", "coffee", "chelsea", "rocket")
     return to_tensor([center_crop(sample_photo(n), 64) for n in names])
+
+
+@pytest.fixture
+def run_cli():
+    """Run the ``semhitok`` CLI in a fresh interpreter, as a user would (entry points, env)."""
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "semhitok_plugin.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+        )
+
+    return run

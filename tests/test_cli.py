@@ -1,7 +1,3 @@
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -96,15 +92,8 @@ def test_demo_writes_every_output(tmp_path, capsys):
         assert (tmp_path / name).exists() and str(tmp_path / name) in out
 
 
-def test_info_for_the_paper_preset_offline():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "semhitok_plugin.cli", "info", "siglip-l16-256"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
+def test_info_for_the_paper_preset_offline(run_cli):
+    run = run_cli("info", "siglip-l16-256", HF_HUB_OFFLINE="1")
     assert "16x16 = 256 per image" in run.stdout
     assert "196,608" in run.stdout
     assert "params teacher           316.0 M" in run.stdout

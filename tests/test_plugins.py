@@ -1,8 +1,6 @@
 """Presets and teacher backends come from pluggy hooks found through entry points."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -65,16 +63,10 @@ def test_a_third_party_plugin_adds_a_preset_and_a_backend(tmp_path, monkeypatch)
     assert model.vocab_size == 32 * 4
 
 
-def test_the_cli_sees_installed_plugins(tmp_path):
+def test_the_cli_sees_installed_plugins(tmp_path, run_cli):
     install_throwaway_plugin(tmp_path)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    run = subprocess.run(
-        [sys.executable, "-m", "semhitok_plugin.cli", "info", "throwaway-tiny"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
+    pythonpath = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    run = run_cli("info", "throwaway-tiny", PYTHONPATH=pythonpath)
     assert "128 = K 32 x m 4" in run.stdout
 
 
