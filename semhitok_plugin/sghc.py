@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ids import check_ids
-from .semantic_codebook import QuantizerOutput, straight_through
+from .semantic_codebook import QuantizerOutput, full_precision, straight_through
 from .usage import CodeUsage
 
 
@@ -49,9 +49,10 @@ class SubCodebookQuantizer(nn.Module):
         check_ids(pix_ids, self.sub_size, "pix_ids")
         return self.normalized()[sem_ids, pix_ids]
 
+    @full_precision
     def forward(self, z: torch.Tensor, sem_ids: torch.Tensor) -> QuantizerOutput:
         """Quantize pixel features ``z`` (..., d) within the sub-codebooks of ``sem_ids`` (...)."""
-        z = F.normalize(z, dim=-1)
+        z = F.normalize(z.to(self.codebooks.dtype), dim=-1)
         flat, sem = z.reshape(-1, self.dim), sem_ids.reshape(-1)
         candidates = self.normalized()[sem]  # (N, m, d): the only per-token intermediate
         scores = torch.bmm(candidates.detach(), flat.detach().unsqueeze(-1)).squeeze(-1)

@@ -108,3 +108,15 @@ def test_kmeans_init_reaches_a_lloyd_fixed_point():
         mean = F.normalize(zn[ids == k].mean(0), dim=0)
         # After one EMA step a converged centre moves only by (1 - decay) * tiny.
         assert torch.dot(mean, cb.codebook[k]) > 0.999
+
+
+def test_search_runs_in_full_precision_under_autocast():
+    cb = make_codebook(k=4096, d=48)
+    z = torch.randn(512, 48)
+    expected = cb(z).ids
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cb(z.bfloat16())
+    # bf16 inputs are a rounding of z, so compare against the search on those same inputs
+    assert torch.equal(out.ids, cb(z.bfloat16().float()).ids)
+    assert out.quantized.dtype == torch.float32
+    assert (out.ids == expected).float().mean() > 0.9

@@ -80,3 +80,12 @@ def test_lookup_validates_ranges():
     q = make(k=4, m=3, d=2)
     with pytest.raises(TokenIdError, match=r"pix_ids contains 3, outside the valid range \[0, 3\)"):
         q.lookup(torch.tensor([0]), torch.tensor([3]))
+
+
+def test_search_runs_in_full_precision_under_autocast():
+    q = make(k=8, m=64, d=8)
+    z, sem = torch.randn(2000, 8), torch.randint(0, 8, (2000,))
+    with torch.no_grad():
+        expected = q(z.bfloat16().float(), sem).ids
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(q(z.bfloat16(), sem).ids, expected)
