@@ -77,9 +77,14 @@ class SemanticCodebook(nn.Module):
         self.chunk_size = chunk_size
         self.register_buffer("codebook", F.normalize(torch.randn(codebook_size, dim), dim=-1))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self._init_checked = False
         # Consecutive updates in which each code was not selected by any rank.
         self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.usage = CodeUsage(codebook_size)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_checked = False  # the loaded ``initialized`` flag must be read again
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.codebook)
@@ -98,8 +103,10 @@ class SemanticCodebook(nn.Module):
         """Quantize ``z`` (..., dim). ``update=True`` applies one EMA step (training only)."""
         z = F.normalize(z.to(self.codebook.dtype), dim=-1)
         flat = z.reshape(-1, self.dim)
-        if update and not self.initialized:
-            self._kmeans_init(flat.detach())
+        if update and not self._init_checked:  # read the buffer once, not every step
+            if not self.initialized:
+                self._kmeans_init(flat.detach())
+            self._init_checked = True
         ids = self.nearest(flat.detach())
         q = self.lookup(ids)
         self.usage.update(ids)
@@ -112,7 +119,7 @@ class SemanticCodebook(nn.Module):
         )
 
     def _batch_stats(self, flat: torch.Tensor, ids: torch.Tensor):
-        counts = torch.bincount(ids, minlength=self.codebook_size).to(flat.dtype)
+        counts = flat.new_zeros(self.codebook_size).index_add_(0, ids, flat.new_ones(len(ids)))
         sums = torch.zeros_like(self.codebook).index_add_(0, ids, flat)
         return all_reduce_sum_(counts), all_reduce_sum_(sums)
 

@@ -19,7 +19,9 @@ class CodeUsage(nn.Module):
 
     @torch.no_grad()
     def update(self, ids: torch.Tensor) -> None:
-        self.counts += torch.bincount(ids.reshape(-1), minlength=self.num_codes)
+        ids = ids.reshape(-1)
+        # index_add_, not bincount: bincount reads max(ids) back to the host on CUDA.
+        self.counts.index_add_(0, ids, torch.ones_like(ids))
 
     def reset(self) -> None:
         self.counts.zero_()
