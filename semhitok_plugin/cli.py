@@ -10,6 +10,7 @@ images are still processed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -240,33 +241,63 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Tokenize the sample photos bundled with scikit-image and write every output."""
-    from .samples import write_sample_photos
+    """Train a small tokenizer on the bundled sample photos, evaluate it, write every output."""
+    from .demo import latest_picture, run_demo
 
     out: Path = args.output
-    inputs = write_sample_photos(out / "inputs")
-    common = ["-m", args.model, "--seed", str(args.seed)] + (
-        ["--device", args.device] if args.device else []
-    )
-    tokens = out / "tokens.npz"
-    steps = [
-        ["encode", *map(str, inputs), "-o", str(tokens), "--token-maps", str(out / "token_maps")],
-        ["decode", str(tokens), "-o", str(out / "decoded")],
-        ["reconstruct", *map(str, inputs), "-o", str(out / "reconstructions")],
-    ]
-    for step in steps:
-        if status := main([*step[:1], *common, *step[1:]]):
-            return status
+    summary = run_demo(out, steps_scale=args.steps_scale)
+    m = summary["heldout_metrics"]
+    stage2 = out / "stage2"
     print(
-        f"\ninputs:          {out / 'inputs'}\ntokens:          {tokens}\n"
-        f"token maps:      {out / 'token_maps'}\ndecoded images:  {out / 'decoded'}\n"
-        f"comparison grid: {out / 'reconstructions' / 'grid.png'}"
+        f"\nheld-out tiles: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, semantic cosine "
+        f"{m['semantic']['cosine']:.3f}, flat codes used {m['usage']['flat']['used']:.1%} "
+        f"({summary['minutes']:.1f} min)\n"
+        f"tokenizer:            {summary['tokenizer']}\n"
+        f"metrics JSON:         {out / 'summary.json'} (training: {stage2 / 'metrics.jsonl'})\n"
+        f"reconstruction grid:  {latest_picture(stage2 / 'images', 'recon')}\n"
+        f"semantic token map:   {latest_picture(stage2 / 'images', 'tokens')}"
     )
-    if args.model in available_presets():
-        print(
-            f"note: '{args.model}' is an untrained preset (random weights, seed {args.seed}): "
-            "the pictures show the pipeline, not reconstruction quality."
-        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config, args.set)
+    final = train(cfg, resume=args.resume)
+    print(
+        f"tokenizer: {final}\nmetrics:   {Path(cfg.output_dir) / 'metrics.jsonl'}\n"
+        f"pictures:  {Path(cfg.output_dir) / 'images'}"
+    )
+    return 0
+
+
+def cmd_eval_recon(args: argparse.Namespace) -> int:
+    from .data import DataConfig, eval_batches
+    from .evaluation import evaluate_reconstruction, load_metric_backbones, semantic_fidelity
+
+    model = _model(args)
+    device = next(model.parameters()).device
+    data = DataConfig(source=args.data, image_size=model.config.image_size, crop="center")
+    backbones = load_metric_backbones(
+        inception_weights=args.inception_weights,
+        lpips_weights=args.lpips_weights,
+        random_backbones=args.random_backbones,
+        device=device,
+    )
+    metrics = evaluate_reconstruction(
+        model, eval_batches(data, args.batch_size), backbones, device=device
+    )
+    metrics["semantic"] = semantic_fidelity(
+        model, eval_batches(data, args.batch_size), device=device
+    )
+    metrics["model"], metrics["data"] = args.model, args.data
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -307,8 +338,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("reconstructions"))
     p.set_defaults(fn=cmd_reconstruct)
 
-    p = with_model(sub.add_parser("demo", help="tokenize the bundled sample photos"), batch=False)
+    p = sub.add_parser("train", help="train one stage from a YAML config")
+    p.add_argument("config", type=Path, help="YAML training config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)",
+    )
+    p.set_defaults(fn=cmd_train)
+
+    p = with_model(sub.add_parser("eval-recon", help="rFID, PSNR, SSIM, LPIPS, codebook usage"))
+    p.add_argument("--data", required=True, help="image folder, file list or tar shards")
+    p.add_argument("-o", "--output", type=Path, help="also write the metrics JSON here")
+    p.add_argument("--inception-weights", help="pt_inception-2015-12-05 FID weights file")
+    p.add_argument("--lpips-weights", help="torchvision VGG16 weights file for LPIPS")
+    p.add_argument(
+        "--random-backbones",
+        action="store_true",
+        help="random Inception/VGG: smoke tests only, numbers not comparable",
+    )
+    p.set_defaults(fn=cmd_eval_recon)
+
+    p = sub.add_parser("demo", help="the main job: train on the bundled photos, evaluate, show")
     p.add_argument("-o", "--output", type=Path, default=Path("outputs/demo"))
+    p.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's step count (e.g. 0.05 for a smoke run)",
+    )
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONCAT_MODES = ("channel", "sequence", "none")
+CONCAT_MODES = ("channel", "sequence", "none", "semantic")
 RECON_LOSSES = ("l1", "l2")
 
 
@@ -119,7 +119,8 @@ class PixelConfig:
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     # Decoder input: "channel" concatenation of semantic and pixel codes (paper default),
-    # "sequence" (semantic then pixel tokens) or "none" (pixel codes only) -- Tab. 9 ablation.
+    # "sequence" (semantic then pixel tokens), "none" (pixel codes only) -- Tab. 9 ablation --
+    # or "semantic" (semantic codes only: the semantic-codebook baseline of Tab. 7, Fig. 5).
     concat: str = "channel"
     # Reconstruction loss of Eq. (7). L2 follows LlamaGen's VQGAN recipe.
     recon_loss: str = "l2"
@@ -180,7 +181,7 @@ class SemHiTokConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SemHiTokConfig:
-        return _build(cls, data, "config")
+        return from_plain(cls, data, "config")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -194,8 +195,8 @@ class SemHiTokConfig:
         return cls.from_dict(data)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Recursively rebuild nested dataclasses, rejecting keys the schema does not know."""
+def from_plain(cls: type, data: Any, where: str) -> Any:
+    """Rebuild (nested) dataclass ``cls`` from JSON/YAML data, rejecting unknown keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -206,8 +207,20 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         sub = _dataclass_in(hints[name])
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+        if sub:
+            value = from_plain(sub, value, f"{where}.{name}")
+        elif isinstance(value, list) and _is_tuple(hints[name]):
+            value = tuple(value)  # JSON and YAML have no tuples
+        kwargs[name] = value
     return cls(**kwargs)
+
+
+def _is_tuple(hint: Any) -> bool:
+    return (
+        hint is tuple
+        or typing.get_origin(hint) is tuple
+        or any(_is_tuple(a) for a in typing.get_args(hint) if typing.get_origin(hint) is not tuple)
+    )
 
 
 def _dataclass_in(hint: Any) -> type | None:

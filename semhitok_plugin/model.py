@@ -196,22 +196,24 @@ class SemHiTok(nn.Module):
         losses = {"recon": rec, **pix.losses}
         return {"loss": sum(losses.values()), **losses, "reconstruction": self._from_canvas(recon)}
 
-    def stage_modules(self, stage: str) -> list[nn.Module]:
-        """Modules trained by gradient in ``stage`` (the semantic codebook learns by EMA)."""
-        modules = {
-            "semantic": [self.semantic_proj, self.semantic_decoder],
-            "pixel": [self.pixel_encoder, self.pixel_quantizer, self.pixel_decoder],
-            "decoder": [self.pixel_decoder],
+    @staticmethod
+    def stage_module_names(stage: str) -> tuple[str, ...]:
+        """Submodules trained by gradient in ``stage`` (the semantic codebook learns by EMA)."""
+        names = {
+            "semantic": ("semantic_proj", "semantic_decoder"),
+            "pixel": ("pixel_encoder", "pixel_quantizer", "pixel_decoder"),
+            "decoder": ("pixel_decoder",),
         }
-        if stage not in modules:
+        if stage not in names:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        return modules[stage]
+        return names[stage]
 
     def freeze_for(self, stage: str) -> list[nn.Parameter]:
         """Make only ``stage``'s modules trainable; returns their parameters for the optimizer."""
         self.requires_grad_(False)
         params = []
-        for module in self.stage_modules(stage):
+        for name in self.stage_module_names(stage):
+            module = getattr(self, name)
             module.requires_grad_(True)
             params.extend(module.parameters())
         return params

@@ -75,6 +75,8 @@ class PixelDecoder(nn.Module):
       the same [semantic ; pixel] layout (so one projection serves both; positions tell them
       apart); patches are read from the pixel half.
     * ``none``: pixel codes only.
+    * ``semantic``: semantic codes only (ablation baseline: what the semantic codebook alone
+      can reconstruct).
     """
 
     def __init__(
@@ -84,14 +86,14 @@ class PixelDecoder(nn.Module):
         self.mode, self.patch, self.grid = mode, patch, grid
         self.sem_dim, self.pix_dim = sem_dim, pix_dim
         num_tokens = grid[0] * grid[1] * (2 if mode == "sequence" else 1)
-        in_dim = pix_dim if mode == "none" else sem_dim + pix_dim
+        in_dim = {"none": pix_dim, "semantic": sem_dim}.get(mode, sem_dim + pix_dim)
         self.transformer = TokenTransformer(in_dim, config, num_tokens, 3 * patch * patch)
 
     def forward(self, sem: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
         if self.mode == "channel":
             x = torch.cat([sem, pix], dim=-1)
-        elif self.mode == "none":
-            x = pix
+        elif self.mode in ("none", "semantic"):
+            x = pix if self.mode == "none" else sem
         else:
             x = torch.cat(
                 [

@@ -91,7 +91,7 @@ def test_decoder_stage_trains_only_the_decoder(tiny_model, photos):
         assert (p.grad is not None) == name.startswith("pixel_decoder."), name
 
 
-@pytest.mark.parametrize("concat", ["channel", "sequence", "none"])
+@pytest.mark.parametrize("concat", ["channel", "sequence", "none", "semantic"])
 def test_concat_modes_and_their_use_of_semantic_codes(tiny_config, photos, concat):
     config = dataclasses.replace(
         tiny_config, pixel=dataclasses.replace(tiny_config.pixel, concat=concat)
@@ -100,9 +100,11 @@ def test_concat_modes_and_their_use_of_semantic_codes(tiny_config, photos, conca
     model = SemHiTok(config).eval()
     out = model.encode(photos)
     recon = model.decode_features(out.sem_features, out.pix_features)
-    other = model.decode_features(out.sem_features.roll(1, dims=0), out.pix_features)
+    other_sem = model.decode_features(out.sem_features.roll(1, dims=0), out.pix_features)
+    other_pix = model.decode_features(out.sem_features, out.pix_features.roll(1, dims=0))
     assert recon.shape == photos.shape
-    assert torch.equal(recon, other) == (concat == "none")
+    assert torch.equal(recon, other_sem) == (concat == "none")
+    assert torch.equal(recon, other_pix) == (concat == "semantic")
 
 
 def test_canvas_for_grids_that_do_not_divide_the_image(tiny_config):

@@ -1,0 +1,628 @@
+"""Reconstruction and semantic evaluation: rFID, PSNR, SSIM, LPIPS, codebook usage, teacher match.
+
+Protocol (ImageNet-val-50k style, as in LlamaGen / the SemHiTok paper's rFID): the loader has
+already resized and centre-cropped every image to the tokenizer's size; each is encoded to ids and
+decoded through the discrete path (encode -> quantised features -> decode), clamped to [-1, 1].
+Every metric then compares the two images **as they would be saved**: both are quantised to uint8
+exactly like :func:`semhitok_plugin.images.to_pil` does, and
+
+* ``rfid``: Fréchet distance between pytorch-fid Inception-V3 pool3 statistics (2048-d) of the
+  originals and of the reconstructions. The uint8 images go in as ``x / 255`` in [0, 1], the range
+  pytorch-fid's ``InceptionV3`` expects; it resizes to 299 (bilinear) and maps to [-1, 1] itself.
+  Mean and covariance are running sums in float64 (one pass, no activations kept); the distance is
+  ``pytorch_fid.fid_score.calculate_frechet_distance``.
+* ``psnr``: per image over all pixels and channels, data range [0, 1] (``x / 255``), then the
+  mean over images. An exact reconstruction (MSE 0) counts as :data:`PSNR_MAX_DB`, so the mean
+  stays finite and the result stays valid JSON.
+* ``ssim``: ``skimage.metrics.structural_similarity`` on the uint8 HWC arrays with
+  ``channel_axis=-1`` and ``data_range=255`` (scikit-image defaults otherwise: 7x7 uniform
+  window), per image, then the mean.
+* ``lpips``: LPIPS-VGG (v0.1) on the quantised images mapped back to [-1, 1], mean over images.
+* ``usage``: for ``semantic`` (K codes), ``pixel`` (the m ids inside a sub-codebook) and ``flat``
+  (K*m ids): the fraction of codes used at least once and the perplexity exp(entropy), counted
+  exactly from the ids ``model.encode`` returns over the whole set (the quantizers' own counters
+  also count training calls, so they are not used).
+
+Metric backbones come from local files or torch hub's cache (``torch.hub.get_dir()/checkpoints``),
+where pytorch-fid and torchvision put them; they are downloaded there only when the network is
+allowed. ``HF_HUB_OFFLINE=1``, the project's offline switch, also stops these downloads, and a
+missing file fails at once with a message naming it and the option that supplies it.
+``random_backbones=True`` gives random Inception and VGG networks for smoke tests; its rFID and
+LPIPS mean nothing and the results say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import urllib.request
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from tqdm.auto import tqdm
+
+from .hub import WeightsNotFoundError, hub_offline, load_state_dict
+from .usage import CodeUsage
+
+try:
+    import lpips
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from pytorch_fid.inception import (
+        FID_WEIGHTS_URL,
+        FIDInceptionA,
+        FIDInceptionC,
+        FIDInceptionE_1,
+        FIDInceptionE_2,
+        InceptionV3,
+    )
+    from skimage.metrics import structural_similarity
+except ImportError as err:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"evaluation needs lpips, pytorch-fid and scikit-image ({err}): "
+        "pip install 'semhitok-plugin[train]'"
+    ) from err
+
+log = logging.getLogger(__name__)
+
+# Where the metric backbones come from (read at call time, so tests can point them elsewhere).
+INCEPTION_URL = FID_WEIGHTS_URL
+INCEPTION_FILE = FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+VGG16_URL = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
+VGG16_FILE = VGG16_URL.rsplit("/", 1)[-1]  # vgg16-397923af.pth
+VGG16_SHA256_PREFIX = re.fullmatch(r"vgg16-([0-9a-f]+)\.pth", VGG16_FILE).group(1)
+INCEPTION_FLAG, LPIPS_FLAG, RANDOM_FLAG = (
+    "--inception-weights",
+    "--lpips-weights",
+    "--random-backbones",
+)
+
+FID_DIMS = 2048  # pool3: the only width comparable to published FIDs
+PSNR_MAX_DB = 100.0
+PRETRAINED = "pretrained"
+RANDOM_NOTE = "RANDOM (smoke test only: rFID/LPIPS not comparable to published numbers)"
+_DOWNLOAD_TIMEOUT_S = 30  # per socket operation; one attempt, no retries
+_RANDOM_SEED = 0  # random backbones are reproducible, and leave the global RNG untouched
+
+
+class MetricWeightsError(WeightsNotFoundError):
+    """Weights of a metric backbone (FID Inception, LPIPS VGG16) that cannot be had."""
+
+
+@dataclass
+class MetricBackbones:
+    inception: nn.Module  # pytorch-fid's FID InceptionV3 (pool3, 2048-d unless fid_dims says so)
+    lpips: nn.Module  # lpips.LPIPS(net="vgg"), v0.1 linear layers
+    random: bool  # True only in the documented smoke-test mode
+
+
+# -- weight files ----------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _download(url: str, dst: Path, *, hash_prefix: str | None) -> None:
+    """One attempt with a socket timeout (torch.hub's downloader has none), written atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
+            tmp.open("wb") as f,
+        ):
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if hash_prefix and not digest.hexdigest().startswith(hash_prefix):
+            raise ValueError(f"sha256 {digest.hexdigest()[:12]}… does not start with {hash_prefix}")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _resolve(
+    spec: str | None, *, what: str, filename: str, url: str, flag: str, hash_prefix: str | None
+) -> Path:
+    """The weights file: ``spec`` (a file, or a directory holding ``filename``), else torch hub's
+    cache, else a download into that cache; :class:`MetricWeightsError` when none works."""
+    if spec is not None:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            path = path / filename
+        if path.is_file():
+            return path
+        raise MetricWeightsError(f"{what}: {str(path)!r} does not exist (given with {flag}).")
+    cached = _cache_dir() / filename
+    if cached.is_file():
+        return cached
+    hint = (
+        f"Download {url} where the network is reachable and pass the file with {flag} PATH "
+        f"(or use {RANDOM_FLAG} for a smoke test whose rFID/LPIPS are not comparable to "
+        "published numbers)."
+    )
+    if hub_offline():
+        raise MetricWeightsError(
+            f"{what} {filename} is not in torch hub's cache ({cached.parent}) and downloads are "
+            f"off (HF_HUB_OFFLINE=1). {hint}"
+        )
+    log.info("downloading %s to %s", url, cached)
+    try:
+        _download(url, cached, hash_prefix=hash_prefix)
+    except (OSError, ValueError) as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise MetricWeightsError(
+            f"{what} {filename} is not in torch hub's cache ({cached.parent}) and could not be "
+            f"downloaded ({reason}). {hint}"
+        ) from err
+    return cached
+
+
+def _resolve_inception(spec: str | None) -> Path:
+    return _resolve(
+        spec,
+        what="FID Inception weights",
+        filename=INCEPTION_FILE,
+        url=INCEPTION_URL,
+        flag=INCEPTION_FLAG,
+        hash_prefix=None,  # pytorch-fid does not check this file's hash either
+    )
+
+
+def _resolve_vgg(spec: str | None) -> Path:
+    return _resolve(
+        spec,
+        what="LPIPS VGG16 weights",
+        filename=VGG16_FILE,
+        url=VGG16_URL,
+        flag=LPIPS_FLAG,
+        hash_prefix=VGG16_SHA256_PREFIX,  # torchvision checks it (check_hash=True)
+    )
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:400]
+        raise MetricWeightsError(f"{path} does not hold {what}: {detail}") from err
+
+
+# -- FID Inception ---------------------------------------------------------------------------------
+def _fid_inception_network() -> nn.Module:
+    """The FID Inception (torchvision Inception3 patched for TF's FID graph), randomly initialised.
+
+    Same construction as ``fid_inception_v3()`` in pytorch_fid/inception.py (pytorch-fid 0.3.0),
+    minus its last step, ``load_state_dict_from_url(FID_WEIGHTS_URL)``: the caller loads weights.
+    """
+    net = torchvision.models.inception_v3(
+        num_classes=1008, aux_logits=False, weights=None, init_weights=False
+    )
+    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = FIDInceptionE_1(1280)
+    net.Mixed_7c = FIDInceptionE_2(2048)
+    return net
+
+
+class FIDInceptionV3(InceptionV3):
+    """pytorch-fid's ``InceptionV3`` feature extractor, assembled from a given FID Inception.
+
+    ``InceptionV3.__init__`` (pytorch_fid/inception.py) always calls ``fid_inception_v3()``, which
+    downloads the weights; this does the rest of that ``__init__`` for ``use_fid_inception=True``,
+    ``resize_input=True``, ``normalize_input=True``: the same blocks from the same modules, only up
+    to the block that produces ``dims``. ``forward`` is upstream's: inputs in [0, 1], bilinear
+    resize to 299, scaling to [-1, 1], a list with the ``dims``-channel feature map.
+    """
+
+    def __init__(self, net: nn.Module, dims: int = FID_DIMS) -> None:
+        if dims not in InceptionV3.BLOCK_INDEX_BY_DIM:
+            raise ValueError(f"dims must be one of {sorted(InceptionV3.BLOCK_INDEX_BY_DIM)}")
+        nn.Module.__init__(self)  # not InceptionV3.__init__: it would download the weights
+        self.resize_input = True
+        self.normalize_input = True
+        self.output_blocks = [InceptionV3.BLOCK_INDEX_BY_DIM[dims]]
+        self.last_needed_block = self.output_blocks[0]
+        self.dims = dims
+        blocks = [
+            [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, stride=2)],
+            [net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(3, stride=2)],
+            [getattr(net, f"Mixed_{n}") for n in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e")],
+            [net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d((1, 1))],
+        ]
+        self.blocks = nn.ModuleList(nn.Sequential(*b) for b in blocks[: self.last_needed_block + 1])
+        self.requires_grad_(False)
+        self.eval()
+
+
+def fid_inception(
+    state_dict: dict[str, torch.Tensor] | None = None, *, dims: int = FID_DIMS
+) -> FIDInceptionV3:
+    """The FID feature extractor; ``state_dict`` in the format of pytorch-fid's checkpoint
+    (``pt_inception-2015-12-05-*.pth``), loaded strictly.
+
+    ``None`` gives random weights, He-initialised: PyTorch's default init shrinks activations
+    about 3x per layer, which leaves pool3 features near 1e-8 and every rFID at 0.
+    """
+    net = _fid_inception_network()
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    else:
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    return FIDInceptionV3(net, dims)
+
+
+@torch.no_grad()
+def inception_activations(inception: nn.Module, images01: torch.Tensor) -> torch.Tensor:
+    """(B, dims) features of images in [0, 1], as pytorch-fid's ``get_activations`` takes them."""
+    pred = inception(images01)[0]
+    if pred.shape[2:] != (1, 1):
+        pred = F.adaptive_avg_pool2d(pred, output_size=(1, 1))
+    return pred.flatten(1)
+
+
+# -- LPIPS -----------------------------------------------------------------------------------------
+def _lpips_vgg(vgg_state: dict[str, torch.Tensor] | None, path: Path | None) -> nn.Module:
+    """LPIPS-VGG v0.1: the shipped linear layers, and the VGG16 trunk from a torchvision
+    ``vgg16().state_dict()`` (``features.N.*`` -> LPIPS's ``net.sliceK.N.*``), or random."""
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated ``pretrained=``
+        warnings.simplefilter("ignore", UserWarning)
+        # pretrained=False: we load the linear layers ourselves, with weights_only=True.
+        model = lpips.LPIPS(
+            net="vgg", version="0.1", pretrained=False, pnet_rand=True, verbose=False
+        )
+    lin_path = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+    lin = torch.load(lin_path, map_location="cpu", weights_only=True)
+    # Only lin0..lin4 (``lins`` holds the same modules); the trunk is loaded below or left random.
+    wanted = {k for k in model.state_dict() if re.match(r"lin\d\.", k)}
+    if set(lin) != wanted:
+        raise RuntimeError(
+            f"{lin_path} does not hold the linear layers of LPIPS-VGG: {sorted(lin)}"
+        )
+    model.load_state_dict(lin, strict=False)
+    if vgg_state is not None:
+        names = {k: "features." + k.split(".", 1)[1] for k in model.net.state_dict()}
+        absent = [v for v in names.values() if v not in vgg_state]
+        if absent:
+            raise MetricWeightsError(
+                f"{path} is not a torchvision VGG16 state dict ({VGG16_FILE}): it lacks "
+                f"{', '.join(absent[:4])}{' …' if len(absent) > 4 else ''}"
+            )
+        trunk = {k: vgg_state[v] for k, v in names.items()}
+        _load_into(model.net, trunk, path, f"torchvision VGG16 weights ({VGG16_FILE})")
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _seeded(build):
+    """Build with a fixed seed: random backbones are reproducible, and building (even of a
+    network whose weights are then loaded) leaves the caller's RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_SEED)
+        return build()
+
+
+def load_lpips(
+    weights: str | None = None, *, random: bool = False, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Frozen LPIPS-VGG (inputs in [-1, 1], output (B, 1, 1, 1)), e.g. for a perceptual loss.
+
+    ``weights``: a torchvision VGG16 ImageNet file (``vgg16-397923af.pth``) or a directory holding
+    it; ``None``: torch hub's cache, or a download into it. ``random=True``: random VGG trunk.
+    """
+    if random:
+        if weights is not None:
+            raise ValueError("random LPIPS takes no weights file")
+        log.warning("LPIPS with a RANDOM VGG16 trunk: for smoke tests only")
+        return _seeded(lambda: _lpips_vgg(None, None)).to(device)
+    path = _resolve_vgg(weights)
+    return _seeded(lambda: _lpips_vgg(load_state_dict(path), path)).to(device)
+
+
+def load_metric_backbones(
+    *,
+    inception_weights: str | None = None,
+    lpips_weights: str | None = None,
+    random_backbones: bool = False,
+    device: str | torch.device = "cpu",
+    fid_dims: int = FID_DIMS,
+) -> MetricBackbones:
+    """The FID Inception and LPIPS-VGG networks, frozen, in eval mode, on ``device``.
+
+    Both weight files are looked up before anything is built, and every missing one is reported
+    in one :class:`MetricWeightsError`. ``fid_dims`` other than 2048 (pytorch-fid's ``--dims``)
+    are for quick checks only.
+    """
+    if random_backbones:
+        if inception_weights is not None or lpips_weights is not None:
+            raise ValueError(f"{RANDOM_FLAG} cannot be combined with weight files")
+        log.warning(
+            "metric backbones are RANDOM (%s): smoke test only, rFID and LPIPS are not "
+            "comparable to published numbers",
+            RANDOM_FLAG,
+        )
+        inception = _seeded(lambda: fid_inception(dims=fid_dims))
+        lp = _seeded(lambda: _lpips_vgg(None, None))
+        return MetricBackbones(inception.to(device), lp.to(device), random=True)
+    paths, errors = {}, []
+    for key, resolve, spec in (
+        ("inception", _resolve_inception, inception_weights),
+        ("vgg", _resolve_vgg, lpips_weights),
+    ):
+        try:
+            paths[key] = resolve(spec)
+        except MetricWeightsError as err:
+            errors.append(str(err))
+    if errors:
+        raise MetricWeightsError("\n".join(errors))
+    net = _seeded(_fid_inception_network)
+    _load_into(net, load_state_dict(paths["inception"]), paths["inception"], INCEPTION_FILE)
+    inception = FIDInceptionV3(net, fid_dims)
+    lp = _seeded(lambda: _lpips_vgg(load_state_dict(paths["vgg"]), paths["vgg"]))
+    return MetricBackbones(inception.to(device), lp.to(device), random=False)
+
+
+# -- accumulators ----------------------------------------------------------------------------------
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> uint8, rounded and clamped exactly as ``images.to_pil`` saves."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class FrechetStats:
+    """Running mean and covariance of activations in float64, without keeping the activations.
+
+    Sums are taken around a shift (the first batch's mean) so that subtracting the squared mean
+    does not cancel catastrophically when activations are far from zero.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift = self.sum = self.outer = None
+
+    def update(self, acts: torch.Tensor) -> None:
+        a = acts.detach().to("cpu", torch.float64).reshape(len(acts), -1)
+        if len(a) == 0:
+            return
+        if self.shift is None:
+            self.shift = a.mean(0)
+            self.sum = torch.zeros_like(self.shift)
+            self.outer = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64)
+        a = a - self.shift
+        self.n += len(a)
+        self.sum += a.sum(0)
+        self.outer.addmm_(a.T, a)
+
+    @property
+    def dims(self) -> int:
+        return 0 if self.shift is None else len(self.shift)
+
+    def mean(self) -> np.ndarray:
+        return (self.shift + self.sum / self.n).numpy()
+
+    def cov(self) -> np.ndarray:
+        """Unbiased (n - 1) covariance, as ``np.cov(acts, rowvar=False)``."""
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.n}")
+        return ((self.outer - torch.outer(self.sum, self.sum) / self.n) / (self.n - 1)).numpy()
+
+
+def frechet_distance(a: FrechetStats, b: FrechetStats) -> float:
+    """pytorch-fid's ``calculate_frechet_distance`` between two accumulated statistics."""
+    # It print()s its singular-product notice; keep stdout clean (the CLI prints JSON there).
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        distance = float(calculate_frechet_distance(a.mean(), a.cov(), b.mean(), b.cov()))
+    if printed.getvalue().strip():
+        log.warning("pytorch-fid: %s", printed.getvalue().strip())
+    return distance
+
+
+class ReconstructionMetrics:
+    """rFID, PSNR, SSIM and LPIPS accumulated over (original, reconstruction) batches.
+
+    ``update`` takes both as (B, 3, H, W) in [-1, 1]; nothing per image is kept.
+    """
+
+    def __init__(self, backbones: MetricBackbones) -> None:
+        self.backbones = backbones
+        self.real, self.fake = FrechetStats(), FrechetStats()
+        self.images = 0
+        self.psnr_sum = self.ssim_sum = self.lpips_sum = 0.0
+
+    @torch.no_grad()
+    def update(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+        if originals.shape != reconstructions.shape:
+            raise ValueError(
+                f"originals {tuple(originals.shape)} and reconstructions "
+                f"{tuple(reconstructions.shape)} differ in shape"
+            )
+        x, y = to_uint8(originals), to_uint8(reconstructions)
+        xs = x.permute(0, 2, 3, 1).cpu().numpy()
+        ys = y.permute(0, 2, 3, 1).cpu().numpy()
+        for a, b in zip(xs, ys, strict=True):
+            mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
+            self.psnr_sum += min(PSNR_MAX_DB, -10 * math.log10(mse)) if mse > 0 else PSNR_MAX_DB
+            self.ssim_sum += float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+        self.lpips_sum += float(
+            self.backbones.lpips(x.float() / 127.5 - 1, y.float() / 127.5 - 1).double().sum()
+        )
+        self.real.update(inception_activations(self.backbones.inception, x.float() / 255))
+        self.fake.update(inception_activations(self.backbones.inception, y.float() / 255))
+        self.images += len(x)
+
+    def compute(self) -> dict:
+        n = self.images
+        if n < 2:
+            raise ValueError(f"rFID needs at least 2 images, got {n}")
+        if self.real.dims != FID_DIMS:
+            log.warning("rFID from %d-d Inception features: not comparable", self.real.dims)
+        elif n < FID_DIMS:
+            log.warning(
+                "rFID from %d < %d images: the covariances are singular; the value is only "
+                "comparable to others from the same number of images",
+                n,
+                FID_DIMS,
+            )
+        return {
+            "rfid": frechet_distance(self.real, self.fake),
+            "psnr": self.psnr_sum / n,
+            "ssim": self.ssim_sum / n,
+            "lpips": self.lpips_sum / n,
+            "images": n,
+            "fid_dims": self.real.dims,
+        }
+
+
+def _usage_stats(usage: CodeUsage) -> dict:
+    counts = usage.counts
+    return {
+        "used": int((counts > 0).sum()) / usage.num_codes,
+        "perplexity": usage.perplexity(),
+        "codes": usage.num_codes,
+    }
+
+
+class CodebookUsage:
+    """Exact usage of the semantic, pixel (in-sub-codebook) and flat ids over a set of images."""
+
+    def __init__(self, codebook_size: int, sub_codebook_size: int, device="cpu") -> None:
+        self.counters = {
+            "semantic": CodeUsage(codebook_size).to(device),
+            "pixel": CodeUsage(sub_codebook_size).to(device),
+            "flat": CodeUsage(codebook_size * sub_codebook_size).to(device),
+        }
+
+    def update(self, sem_ids: torch.Tensor, pix_ids: torch.Tensor, flat_ids: torch.Tensor) -> None:
+        for key, ids in (("semantic", sem_ids), ("pixel", pix_ids), ("flat", flat_ids)):
+            counter = self.counters[key]
+            counter.update(ids.to(counter.counts.device))
+
+    def compute(self) -> dict:
+        return {key: _usage_stats(counter) for key, counter in self.counters.items()}
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _images(batch: dict, device) -> torch.Tensor:
+    images = batch["images"]
+    if not torch.is_floating_point(images):
+        raise TypeError(f"batch images must be float in [-1, 1], got {images.dtype}")
+    images = images.to(device, torch.float32)
+    if images.numel() and (images.min() < -1.001 or images.max() > 1.001):
+        raise ValueError(
+            f"batch images must be in [-1, 1], got [{images.min():.3f}, {images.max():.3f}]"
+        )
+    return images
+
+
+def _progress(batches, progress: bool, desc: str):
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress)
+
+
+def evaluate_reconstruction(
+    model,
+    batches: Iterable[dict],
+    backbones: MetricBackbones,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """rFID, PSNR, SSIM, LPIPS and codebook usage of ``model`` over ``batches``, in one pass.
+
+    ``batches`` yield ``{"images": (B, 3, S, S) float in [-1, 1], "skipped": int, ...}`` at the
+    model's image size; the model and the backbones must already be on ``device``. The result is
+    JSON-serialisable (see the module docstring for every metric's definition).
+    """
+    metrics = ReconstructionMetrics(backbones)
+    usage = CodebookUsage(model.codebook_size, model.sub_codebook_size, device)
+    skipped = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _progress(batches, progress, "eval-recon"):
+            skipped += int(batch.get("skipped", 0))
+            images = _images(batch, device)
+            if len(images) == 0:
+                continue
+            out = model.encode(images)
+            # The discrete path, as model.reconstruct, keeping the ids of the same encoding.
+            with torch.no_grad():
+                recon = model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1)
+            usage.update(out.sem_ids, out.pix_ids, out.flat_ids)
+            metrics.update(images, recon)
+    finally:
+        model.train(was_training)
+    result = metrics.compute()
+    result["usage"] = usage.compute()
+    result["skipped"] = skipped
+    result["backbones"] = RANDOM_NOTE if backbones.random else PRETRAINED
+    return result
+
+
+@torch.no_grad()
+def semantic_fidelity(
+    model, batches: Iterable[dict], *, device: str | torch.device = "cpu"
+) -> dict:
+    """Mean cosine similarity, over all tokens of all images, between the semantic decoder's
+    output on the quantised semantic codes and the teacher's features (the stage-1 target)."""
+    total, tokens, images_seen, skipped = 0.0, 0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            skipped += int(batch.get("skipped", 0))
+            images = _images(batch, device)
+            if len(images) == 0:
+                continue
+            # The path of the distillation loss (SemHiTok.forward, stage "semantic"), no update.
+            target, sem = model._semantic(model._to_canvas(images))
+            decoded = model.semantic_decoder(sem.quantized)
+            cos = F.cosine_similarity(decoded.float(), target.float(), dim=-1)
+            total += float(cos.double().sum())
+            tokens += cos.numel()
+            images_seen += len(images)
+    finally:
+        model.train(was_training)
+    if images_seen == 0:
+        raise ValueError("semantic_fidelity got no images")
+    return {"cosine": total / tokens, "images": images_seen, "skipped": skipped}
+
+
+__all__ = [
+    "FID_DIMS",
+    "INCEPTION_FILE",
+    "PSNR_MAX_DB",
+    "RANDOM_NOTE",
+    "VGG16_FILE",
+    "CodebookUsage",
+    "FIDInceptionV3",
+    "FrechetStats",
+    "MetricBackbones",
+    "MetricWeightsError",
+    "ReconstructionMetrics",
+    "evaluate_reconstruction",
+    "fid_inception",
+    "frechet_distance",
+    "inception_activations",
+    "load_lpips",
+    "load_metric_backbones",
+    "semantic_fidelity",
+    "to_uint8",
+]

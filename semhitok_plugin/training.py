@@ -1,0 +1,502 @@
+"""One trainer for the three stages of the paper's recipe (§3.1-3.2, Table 3).
+
+* ``semantic`` (stage 1): semantic projection + decoder by gradient, the codebook by EMA; the
+  teacher is frozen. Loss: cosine distillation + commitment.
+* ``pixel`` (stage 2, "PRE"): pixel encoder, SGHC sub-codebooks and pixel decoder; everything
+  semantic is frozen and taken from the stage-1 checkpoint. Loss: reconstruction + codebook +
+  commitment + LPIPS + PatchGAN hinge (from ``losses.disc_start``, optionally adaptive).
+* ``decoder`` (stage 3, "enhance decoder"): only the (usually larger) pixel decoder trains;
+  everything else comes from the stage-2 checkpoint.
+
+The same code runs on one CPU and under ``torchrun`` on many GPU nodes (DDP; bf16 autocast on
+CUDA; gradient accumulation; an EMA of the trainable weights; optional ``torch.compile`` and
+gradient checkpointing). A run writes ``metrics.jsonl``, picture grids, atomic checkpoints
+(``--resume`` continues bit-for-bit) and exports the tokenizer with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import ConfigError, SemHiTokConfig, from_plain
+from .data import DataConfig, ImageStream, eval_batches
+from .discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
+from .images import to_pil
+from .model import STAGES, SemHiTok
+from .visualize import grid, token_map
+from .weight_ema import WeightEMA
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # or "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # 0 disables
+
+
+@dataclass
+class LossConfig:
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 0.5
+    disc_start: int = 20_000  # the discriminator joins after this many steps
+    adaptive_weight: bool = False  # VQGAN's gradient-norm balance (LlamaGen leaves it off)
+    disc_lr: float | None = None  # None: the generator's lr
+    disc_channels: int = 64
+    lpips_weights: str | None = None  # VGG16 weights file; None: torch hub cache
+    random_lpips: bool = False  # smoke tests only: random VGG backbone
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    data: DataConfig
+    output_dir: str
+    model: str = "siglip-l16-256"  # stage 1: a preset or a config.json; later stages: unused
+    init: str | None = None  # stages 2-3: save_pretrained dir of the previous stage
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    teacher_weights: str | None = None
+    eval_data: DataConfig | None = None
+    batch_size: int = 256  # global, across ranks and accumulation steps
+    grad_accum: int = 1
+    max_steps: int = 10_000
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    precision: str = "bf16"  # bf16 autocast on CUDA; CPU runs always compute in fp32
+    compile: bool = False
+    grad_checkpointing: bool = False
+    ema_decay: float = 0.0  # EMA of trainable weights, exported when > 0
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    preview_images: int = 8
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage != "semantic" and not self.init:
+            raise ConfigError(f"stage {self.stage!r} needs init: the previous stage's checkpoint")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision must be bf16 or fp32, got {self.precision!r}")
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+        """A YAML config, with ``key.sub=value`` overrides (values parsed as YAML)."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} is not key=value")
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        return cls.load_dict(data, str(path))
+
+    @classmethod
+    def load_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
+        return from_plain(cls, data, where)
+
+
+# -- the model of a stage ------------------------------------------------------------------------
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if nested else value
+    return out
+
+
+def _frozen_settings(config: SemHiTokConfig, stage: str) -> dict[str, Any]:
+    """The parts of a config that a stage takes from its init checkpoint and must not change."""
+    frozen = config.to_dict()
+    pixel = frozen.pop("pixel")
+    if stage == "decoder":
+        frozen["pixel"] = {k: v for k, v in pixel.items() if k not in ("decoder", "recon_loss")}
+    return frozen
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def build_stage_model(cfg: TrainConfig) -> SemHiTok:
+    """The model a stage starts from; later stages refuse to change what they freeze."""
+    if cfg.stage == "semantic":
+        from .plugins import available_presets
+
+        presets = available_presets()
+        base = presets[cfg.model] if cfg.model in presets else SemHiTokConfig.load(cfg.model)
+        config = SemHiTokConfig.from_dict(_merge(base.to_dict(), cfg.model_overrides))
+        if cfg.teacher_weights:
+            config.teacher.weights = cfg.teacher_weights
+        return SemHiTok(config)
+    base = SemHiTok.from_pretrained(cfg.init)
+    config = SemHiTokConfig.from_dict(_merge(base.config.to_dict(), cfg.model_overrides))
+    changed = _diff(_frozen_settings(base.config, cfg.stage), _frozen_settings(config, cfg.stage))
+    if changed:
+        raise ConfigError(
+            f"stage {cfg.stage!r} would change settings frozen by {cfg.init}: {'; '.join(changed)}."
+            " Frozen parts come from the previous stage; retrain that stage to change them."
+        )
+    if not bool(base.semantic_codebook.initialized):
+        raise ConfigError(f"{cfg.init} has an untrained semantic codebook: run stage 1 first")
+    if config == base.config:
+        return base
+    model = SemHiTok(config, load_teacher_weights=False)
+    state = model.state_dict()
+    trainable = tuple(f"{name}." for name in model.stage_module_names(cfg.stage))
+    for key, value in base.state_dict().items():
+        if key in state and state[key].shape == value.shape:
+            state[key] = value
+        elif not key.startswith(trainable):
+            raise ConfigError(f"frozen weight {key} does not fit the new architecture")
+    model.load_state_dict(state)
+    return model
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world, self.device = _setup_distributed()
+        self.out = Path(cfg.output_dir)
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        self.model = build_stage_model(cfg).to(self.device).train()
+        self.params = self.model.freeze_for(cfg.stage)
+        self.frozen_digest = self._frozen_digest()
+        for module in self.model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = cfg.grad_checkpointing
+        self.net = self._wrap(self.model)
+        self.opt = self._optimizer(self.params, cfg.optim.lr)
+        self.ema = WeightEMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.disc = self.disc_opt = self.lpips = None
+        if cfg.stage != "semantic":
+            self._build_pixel_losses()
+        per_rank, rest = divmod(cfg.batch_size, self.world * cfg.grad_accum)
+        if rest or not per_rank:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is not divisible by ranks ({self.world}) x "
+                f"grad_accum ({cfg.grad_accum})"
+            )
+        self.stream = ImageStream(
+            cfg.data, per_rank, seed=cfg.seed, rank=self.rank, world_size=self.world
+        )
+        self.step = 0
+        torch.manual_seed(cfg.seed + 1000 * self.rank)
+
+    # -- construction helpers
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = torch.compile(model) if self.cfg.compile else model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers are kept in sync by the quantizers themselves (all-reduced EMA statistics).
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        return net
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return torch.optim.AdamW(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+    def _build_pixel_losses(self) -> None:
+        losses = self.cfg.losses
+        if losses.perceptual_weight > 0:
+            from .evaluation import load_lpips
+
+            self.lpips = load_lpips(losses.lpips_weights, random=losses.random_lpips).to(
+                self.device
+            )
+        if losses.adversarial_weight > 0:
+            self.disc = self._wrap(PatchDiscriminator(losses.disc_channels).to(self.device))
+            self.disc_opt = self._optimizer(
+                list(self.disc.parameters()), losses.disc_lr or self.cfg.optim.lr
+            )
+
+    def _frozen_digest(self) -> float:
+        trainable = {id(p) for p in self.params}
+        frozen = [p for p in self.model.parameters() if id(p) not in trainable]
+        return float(sum(p.detach().double().sum() for p in frozen))
+
+    # -- schedule and precision
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        if step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return o.lr
+        progress = (step - o.warmup_steps) / max(1, self.cfg.max_steps - o.warmup_steps)
+        return o.lr * (
+            o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        )
+
+    def _autocast(self):
+        enabled = self.device.type == "cuda" and self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- one optimisation step
+    def train_step(self, batches: list[dict]) -> dict[str, float]:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
+        totals: dict[str, torch.Tensor] = {}
+        fakes, reals = [], []
+        for i, batch in enumerate(batches):
+            images = batch["images"].to(self.device, non_blocking=True)
+            sync = i == len(batches) - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
+                losses = self._generator_losses(images, disc_on)
+                (losses["loss"] / len(batches)).backward()
+            for key, value in losses.items():
+                if key != "reconstruction":
+                    totals[key] = totals.get(key, 0) + value.detach() / len(batches)
+            if disc_on:
+                reals.append(images)
+                fakes.append(losses["reconstruction"].detach())
+        self._clip_and_step(self.opt, self.params)
+        if disc_on:
+            totals["disc"] = self._discriminator_step(reals, fakes)
+        if self.ema:
+            self.ema.update()
+        self.step += 1
+        return {k: float(v) for k, v in totals.items()}
+
+    def _generator_losses(self, images: torch.Tensor, disc_on: bool) -> dict[str, torch.Tensor]:
+        losses = self.net(images, stage=self.cfg.stage)
+        if self.cfg.stage == "semantic":
+            return losses
+        recon, weights = losses["reconstruction"], self.cfg.losses
+        if self.lpips is not None:
+            losses["perceptual"] = (
+                weights.perceptual_weight * self.lpips(recon.float(), images).mean()
+            )
+            losses["loss"] = losses["loss"] + losses["perceptual"]
+        if disc_on:
+            g_loss = hinge_g_loss(self.disc(recon))
+            scale = weights.adversarial_weight
+            if weights.adaptive_weight:
+                nll = losses["recon"] + losses.get("perceptual", 0)
+                last = self.model.pixel_decoder.transformer.proj_out.weight
+                scale = scale * adaptive_weight(nll, g_loss, last)
+            losses["adversarial"] = scale * g_loss
+            losses["loss"] = losses["loss"] + losses["adversarial"]
+        return losses
+
+    def _discriminator_step(self, reals: list, fakes: list) -> torch.Tensor:
+        total = 0.0
+        for i, (real, fake) in enumerate(zip(reals, fakes, strict=True)):
+            sync = i == len(reals) - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else self.disc.no_sync(), self._autocast():
+                loss = hinge_d_loss(self.disc(real), self.disc(fake)) / len(reals)
+                loss.backward()
+            total = total + loss.detach()
+        self._clip_and_step(self.disc_opt, list(self.disc.parameters()))
+        return total
+
+    def _clip_and_step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    # -- checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        prefixes = tuple(f"{n}." for n in self.model.stage_module_names(self.cfg.stage))
+        if self.cfg.stage == "semantic":
+            prefixes += ("semantic_codebook.",)
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith(prefixes)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self._trainable_state(),
+            "optimizer": self.opt.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "disc": self.disc.state_dict() if self.disc else None,
+            "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
+            "data": self.stream.state_dict(),
+            "rng": rng_state(),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        if self.disc:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        self.stream.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        if self.rank == 0:
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            print(f"resumed from {path} at step {self.step}")
+        return True
+
+    def save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(
+                self.out / "checkpoints", self.step, self.state_dict(), self.cfg.keep_checkpoints
+            )
+
+    # -- the loop
+    def fit(self) -> Path:
+        cfg, it = self.cfg, iter(self.stream)
+        preview = self._preview_batch()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0, unit="step")
+        window_start, window_images = time.perf_counter(), 0
+        while self.step < cfg.max_steps:
+            batches = [next(it) for _ in range(cfg.grad_accum)]
+            losses = self.train_step(batches)
+            window_images += sum(len(b["images"]) for b in batches) * self.world
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                rate = window_images / (time.perf_counter() - window_start)
+                self._log(losses, rate, bar)
+                window_start, window_images = time.perf_counter(), 0
+            if self.step % cfg.image_every == 0 or self.step == cfg.max_steps:
+                self._write_pictures(preview)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save()
+            bar.update(1)
+        bar.close()
+        return self.export()
+
+    def _log(self, losses: dict[str, float], rate: float, bar: tqdm) -> None:
+        skipped = torch.tensor(float(self.stream.skipped_total), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(skipped)
+        record = {"step": self.step, "lr": self.lr_at(self.step - 1), **losses}
+        record |= {"images_per_s": rate, "skipped_files": int(skipped.item())}
+        record |= self._codebook_stats()
+        if self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"})
+
+    def _codebook_stats(self) -> dict[str, Any]:
+        sem, pix = self.model.semantic_codebook, self.model.pixel_quantizer
+        stats = {
+            "semantic_used": sem.usage.fraction_used(),
+            "semantic_perplexity": sem.usage.perplexity(),
+        }
+        if self.cfg.stage != "semantic":
+            stats |= {
+                "flat_used": pix.usage.fraction_used(),
+                "flat_perplexity": pix.usage.perplexity(),
+            }
+        if self.world > 1:  # EMA statistics are all-reduced: the codebooks must agree exactly
+            digest = sem.codebook.double().sum().reshape(1)
+            digests = [torch.zeros_like(digest) for _ in range(self.world)]
+            dist.all_gather(digests, digest)
+            stats["codebook_digests"] = [float(d) for d in digests]
+            if len(set(stats["codebook_digests"])) != 1:
+                raise RuntimeError(
+                    f"semantic codebooks diverged across ranks: {stats['codebook_digests']}"
+                )
+        sem.usage.reset()
+        pix.usage.reset()
+        return stats
+
+    def _preview_batch(self) -> torch.Tensor:
+        source = self.cfg.eval_data or self.cfg.data
+        return next(iter(eval_batches(source, self.cfg.preview_images)))["images"]
+
+    @torch.no_grad()
+    def _write_pictures(self, images: torch.Tensor) -> None:
+        if self.rank != 0:
+            return
+        model, size = self.model.eval(), self.model.config.image_size
+        out = model.encode(images.to(self.device))
+        crops = to_pil(images)
+        maps = [token_map(ids, size, crop) for ids, crop in zip(out.sem_ids, crops, strict=True)]
+        folder = self.out / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid([crops, maps]).save(folder / f"step_{self.step:08d}_tokens.png")
+        if self.cfg.stage != "semantic":
+            recons = to_pil(model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1))
+            grid([crops, recons, maps]).save(folder / f"step_{self.step:08d}_recon.png")
+        model.train()
+
+    def export(self) -> Path:
+        """Save the tokenizer (EMA weights when enabled) with ``save_pretrained``."""
+        if self._frozen_digest() != self.frozen_digest:
+            raise RuntimeError("frozen weights changed during training; refusing to export")
+        final = self.out / "final"
+        if self.rank == 0:
+            with self.ema.applied() if self.ema else contextlib.nullcontext():
+                self.model.save_pretrained(final)
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        path.write_text("".join(f"{ln}\n" for ln in lines))
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device, from torchrun's environment when present."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    trainer = Trainer(cfg)
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    if trainer.rank == 0:
+        (trainer.out / "train_config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg), indent=2)
+        )
+    if resume:
+        trainer.resume()
+    return trainer.fit()
