@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from itertools import islice
 from pathlib import Path
 
 import torch
+from quantizer import machine_info  # sibling script: one machine record for all reports
 
 from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
 from semhitok_plugin.demo import CONFIGS, write_demo_data
@@ -109,11 +109,7 @@ def main() -> None:
             flush=True,
         )
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "stage2_steps": args.steps,
         "rows": rows,
         "minutes": (time.perf_counter() - start) / 60,

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Create (or refresh) ./.venv with this project installed in editable mode.
-#   bash scripts/setup.sh [EXTRAS]     EXTRAS: comma-separated, default "samples"; tests use "dev"
+#   bash scripts/setup.sh [EXTRAS]     EXTRAS: comma-separated, default "train"; tests use "dev"
 # Uses pip with constraints.txt (torch 2.14.1 + torchvision 0.29.1; see README). Re-running is
 # cheap: nothing is reinstalled unless pyproject.toml, constraints.txt or EXTRAS changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-samples}"
+extras="${1:-train}"
 venv="${SEMHITOK_VENV:-.venv}"
 stamp="$venv/.installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16) [$extras]"

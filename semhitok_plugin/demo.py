@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .samples import SAMPLE_PHOTOS, sample_photo
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo_cpu"
+CONFIGS = Path(__file__).resolve().parent / "configs" / "demo_cpu"
 
 
 def write_demo_data(root: Path, tile: int = 128) -> tuple[Path, Path]:
@@ -27,7 +27,9 @@ def write_demo_data(root: Path, tile: int = 128) -> tuple[Path, Path]:
         photo = sample_photo(name)
         w, h = photo.size
         split = w * 3 // 4
-        photo.crop((0, 0, split, h)).save(train / f"{name}.png")
+        # BMP: lossless and ~10x faster to decode than PNG, which would otherwise bound the
+        # training step on two cores (every step decodes 32 crops' source photos).
+        photo.crop((0, 0, split, h)).save(train / f"{name}.bmp")
         right = photo.crop((split, 0, w, h))
         side = min(tile, right.width)
         for i, top in enumerate(range(0, h - side + 1, side)):

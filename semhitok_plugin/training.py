@@ -46,6 +46,8 @@ from .model import STAGES, SemHiTok
 from .visualize import grid, token_map
 from .weight_ema import WeightEMA
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
 
 @dataclass
 class OptimConfig:
@@ -106,10 +108,23 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-        """A YAML config, with ``key.sub=value`` overrides (values parsed as YAML)."""
+        """A YAML file, or a shipped config by name (``siglip-l16-256/stage1``), with
+        ``key.sub=value`` overrides (values parsed as YAML)."""
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        path = Path(path)
+        if not path.is_file():
+            shipped = SHIPPED_CONFIGS / f"{path}.yaml"
+            if not shipped.is_file():
+                known = sorted(
+                    str(p.relative_to(SHIPPED_CONFIGS))[:-5]
+                    for p in SHIPPED_CONFIGS.glob("*/*.yaml")
+                )
+                raise ConfigError(
+                    f"no config file {str(path)!r}; shipped configs: {', '.join(known)}"
+                )
+            path = shipped
+        data = yaml.safe_load(path.read_text()) or {}
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:

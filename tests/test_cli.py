@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,11 +88,18 @@ def test_decode_refuses_out_of_range_ids(saved_model, tmp_path, capsys):
     assert "outside the valid range [0, 256)" in capsys.readouterr().err
 
 
-def test_demo_writes_every_output(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path)]) == 0
+def test_demo_trains_evaluates_and_reports_every_output(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "--steps-scale", "0.01"]) == 0
     out = capsys.readouterr().out
-    for name in ("inputs", "token_maps", "decoded", "reconstructions/grid.png", "tokens.npz"):
-        assert (tmp_path / name).exists() and str(tmp_path / name) in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = summary["heldout_metrics"]
+    assert metrics["images"] == len(list((tmp_path / "data" / "heldout").glob("*.png")))
+    assert "RANDOM" in metrics["backbones"]  # offline: says its rFID/LPIPS are smoke-test only
+    for path in ("stage2/final", "summary.json", "stage2/metrics.jsonl"):
+        assert str(tmp_path / path) in out and (tmp_path / path).exists()
+    for line in out.splitlines():
+        if line.startswith(("reconstruction grid:", "semantic token map:")):
+            assert Path(line.split(":", 1)[1].strip()).is_file()
 
 
 def test_info_for_the_paper_preset_offline(run_cli):
