@@ -1,4 +1,4 @@
-"""The ``semhitok`` command line: encode, decode, reconstruct, info, presets, demo.
+"""The ``semhitok`` command line: tokenize, train, evaluate, inspect, and the demo job.
 
 MODEL is a preset name (random weights from ``--seed``; teacher weights from the preset or
 ``--teacher-weights``), a directory written by ``save_pretrained``, or a hub repo id.
@@ -34,7 +34,7 @@ class TokenFileError(ValueError):
 
 USER_ERRORS = (
     ConfigError,
-    WeightsNotFoundError,
+    FileNotFoundError,  # missing inputs, and WeightsNotFoundError
     CheckpointMismatchError,
     TokenIdError,
     TokenFileError,
@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_reconstruct)
 
     p = sub.add_parser("train", help="train one stage from a YAML config")
-    p.add_argument("config", type=Path, help="YAML training config (see configs/)")
+    p.add_argument(
+        "config", type=Path, help="a YAML file, or a shipped config such as siglip-l16-256/stage1"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument(
         "--set",

@@ -63,9 +63,15 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from semhitok_plugin.config import ConfigError
 from semhitok_plugin.images import ImageReadError, center_crop, load_image, to_tensor
 
 logger = logging.getLogger(__name__)
+
+
+class DataSourceError(ConfigError):
+    """A data source that holds no usable images, or is not a kind we can read."""
+
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
 SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -420,7 +426,7 @@ def _open_source(source: str) -> _Files | list[str]:
         return _listed(path, [line for line in lines if line], None)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
-    raise ValueError(
+    raise DataSourceError(
         f"data source {source!r} is not a folder, a .txt or .jsonl list, or .tar shards"
     )
 
@@ -438,7 +444,7 @@ def _scan_folder(folder: Path) -> _Files:
     )
     if not paths:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(f"no image files ({extensions}) under data source {str(folder)!r}")
+        raise DataSourceError(f"no image files ({extensions}) under data source {str(folder)!r}")
     return _Files(paths, None)
 
 
@@ -475,7 +481,7 @@ def _as_label(value: Any) -> int | None:
 def _listed(list_file: Path, names: list[str], labels: list[int] | None) -> _Files:
     """The files named by a list file; relative names are relative to the list's folder."""
     if not names:
-        raise ValueError(f"data source {str(list_file)!r} lists no images")
+        raise DataSourceError(f"data source {str(list_file)!r} lists no images")
     return _Files([list_file.parent / name for name in names], labels)
 
 
@@ -530,7 +536,7 @@ class _ShardDataset(IterableDataset):
             count += 1
             yield slot
         if count == 0:
-            raise ValueError(f"shards {[self.shards[i] for i in mine]} hold no image samples")
+            raise DataSourceError(f"shards {[self.shards[i] for i in mine]} hold no image samples")
 
     def _slots(self, shard_ids: list[int], epoch: int) -> Iterator[_Slot]:
         for shard_id in shard_ids:
