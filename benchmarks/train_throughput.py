@@ -57,6 +57,16 @@ def run_case(preset: str, steps: int, batch: int) -> dict:
     }
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul rate right now: the ceiling the steps above are measured under."""
+    a = torch.randn(n, n)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return repeats * 2 * n**3 / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
@@ -88,8 +98,11 @@ def main() -> None:
             f"{r['images_per_s']:.1f} img/s, peak RSS {r['peak_rss_mib']:,.0f} MiB",
             flush=True,
         )
+    gflops = matmul_gflops()
+    print(f"fp32 matmul on this machine now: {gflops:.0f} GFLOP/s")
     report = {
         "machine": machine_info(),
+        "matmul_gflops": gflops,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
