@@ -282,7 +282,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # -- one optimisation step
-    def train_step(self, batches: list[dict]) -> dict[str, float]:
+    def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
+        """One optimizer step; losses stay on the device (read back only when logged)."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
@@ -306,7 +307,7 @@ class Trainer:
         if self.ema:
             self.ema.update()
         self.step += 1
-        return {k: float(v) for k, v in totals.items()}
+        return totals
 
     def _generator_losses(self, images: torch.Tensor, disc_on: bool) -> dict[str, torch.Tensor]:
         losses = self.net(images, stage=self.cfg.stage)
@@ -406,7 +407,7 @@ class Trainer:
             window_images += sum(len(b["images"]) for b in batches) * self.world
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 rate = window_images / (time.perf_counter() - window_start)
-                self._log(losses, rate, bar)
+                self._log({k: float(v) for k, v in losses.items()}, rate, bar)
                 window_start, window_images = time.perf_counter(), 0
             if self.step % cfg.image_every == 0 or self.step == cfg.max_steps:
                 self._write_pictures(preview)
