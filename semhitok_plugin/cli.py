@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import ConfigError, SemHiTokConfig
+from .config import ConfigError
 from .hub import WeightsNotFoundError, resolve_file
 from .ids import TokenIdError
 from .images import ImageReadError, center_crop, load_image, to_pil, to_tensor
-from .model import CONFIG_NAME, CheckpointMismatchError, SemHiTok, load_model
+from .model import CheckpointMismatchError, SemHiTok, load_model, resolve_config
 from .plugins import available_presets
 from .visualize import grid, token_map
 
@@ -102,15 +102,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info_config(spec: str) -> tuple[SemHiTokConfig, str]:
-    presets = available_presets()
-    if spec in presets:
-        return presets[spec], "preset"
-    option = "a preset name, a save_pretrained directory or a hub repo id"
-    path = resolve_file(spec, [CONFIG_NAME], what="SemHiTok config", option=option)
-    return SemHiTokConfig.load(path), f"checkpoint ({path.parent})"
-
-
 def _teacher_status(model: SemHiTok, kind: str) -> str:
     spec = model.config.teacher.weights
     if kind != "preset":
@@ -127,7 +118,7 @@ def _teacher_status(model: SemHiTok, kind: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    config, kind = _info_config(args.model)
+    config, kind = resolve_config(args.model)
     with torch.device("meta"):  # sizes only: no allocation, no weights, no network
         model = SemHiTok(config, load_teacher_weights=False)
     h, w = config.grid_size

@@ -278,6 +278,21 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     )
 
 
+def resolve_config(spec: str) -> tuple[SemHiTokConfig, str]:
+    """The config of a preset, a ``save_pretrained`` directory or a hub repo id, without weights.
+
+    Returns it with a description of where it came from ("preset" or "checkpoint (<dir>)").
+    """
+    from .plugins import available_presets
+
+    presets = available_presets()
+    if spec in presets:
+        return presets[spec], "preset"
+    option = "a preset name, a save_pretrained directory or a hub repo id"
+    path = resolve_file(spec, [CONFIG_NAME], what="SemHiTok config", option=option)
+    return SemHiTokConfig.load(path), f"checkpoint ({path.parent})"
+
+
 def load_model(spec: str, *, teacher_weights: str | None = None, seed: int = 0) -> SemHiTok:
     """A tokenizer from a preset name, a local directory or a hub repo id.
 
@@ -305,4 +320,11 @@ def load_model(spec: str, *, teacher_weights: str | None = None, seed: int = 0) 
     )
 
 
-__all__ = ["STAGES", "CheckpointMismatchError", "SemHiTok", "TokenizerOutput", "load_model"]
+__all__ = [
+    "STAGES",
+    "CheckpointMismatchError",
+    "SemHiTok",
+    "TokenizerOutput",
+    "load_model",
+    "resolve_config",
+]

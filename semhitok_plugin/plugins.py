@@ -40,6 +40,11 @@ class HookSpecs:
     def semhitok_teacher_backends(self) -> dict[str, Callable]:
         """Teacher backends: name -> ``TeacherBackbone`` subclass (``cls(config, canvas_size)``)."""
 
+    @hookspec
+    def semhitok_integrations(self) -> dict[str, Callable[[], None]]:
+        """Framework integrations: name -> a function that installs it into that framework
+        (idempotent), e.g. ``{"llava": semhitok_llava.register}``. Run by :func:`activate`."""
+
 
 def build_plugin_manager() -> pluggy.PluginManager:
     """A fresh manager with the built-in plugins and every installed entry-point plugin."""
@@ -80,6 +85,22 @@ def get_preset(name: str, pm: pluggy.PluginManager | None = None) -> SemHiTokCon
     if name not in known:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(known))}")
     return known[name]
+
+
+def available_integrations(pm: pluggy.PluginManager | None = None) -> dict[str, Callable]:
+    return _collect((pm or plugin_manager()).hook.semhitok_integrations(), "integrations")
+
+
+def activate(name: str, pm: pluggy.PluginManager | None = None) -> None:
+    """Install the integration ``name`` (found through the ``semhitok`` entry points) into its
+    framework, e.g. ``activate("llava")`` before LLaVA builds or loads a model."""
+    known = available_integrations(pm)
+    if name not in known:
+        raise ConfigError(
+            f"no integration {name!r} is installed (known: {', '.join(sorted(known)) or 'none'}); "
+            f"install semhitok-plugin[{name}]"
+        )
+    known[name]()
 
 
 def teacher_backend(name: str, pm: pluggy.PluginManager | None = None) -> Callable:
