@@ -1,15 +1,14 @@
 """SemHiTok inside LLaVA-v1.5, through LLaVA's own code (llava-torch 1.2.2, tiny random Llama).
 
-The module fixture builds a tiny world -- a SentencePiece Llama tokenizer (byte fallback, so it
-never emits the unk token LLaVA pads with), a 2-layer random Llama, four real photos, LLaVA-format
-pretrain/finetune JSON -- then runs LLaVA's ``train()`` twice like the v1.5 recipe: a projector-only
-pretrain in a fresh interpreter through the ``python -m semhitok_llava.train`` launcher, and a
-finetune that loads its ``mm_projector.bin``, in this process so the trained model can be compared
-with what LLaVA reloads from disk.
+The module fixture builds the smoke run's tiny world (``semhitok_llava.smoke``: SentencePiece
+Llama tokenizer, random 2-layer Llama, four real photos, LLaVA-format JSON, tiny SemHiTok), then
+runs LLaVA's ``train()`` twice like the v1.5 recipe: a projector-only pretrain in a fresh
+interpreter through the ``python -m semhitok_llava.train`` launcher, and a finetune that loads its
+``mm_projector.bin``, in this process so the trained model can be compared with what LLaVA
+reloads from disk.
 """
 
 import copy
-import io
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from typing import ClassVar
 
 import llava.train.train as llava_train
 import pytest
-import sentencepiece as spm
 import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
@@ -29,106 +27,26 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
 from PIL import Image
+from transformers import LlamaTokenizer
+
 from semhitok_llava import train as launcher
 from semhitok_llava.compat import (
     NamingImageModule,
     check_transformers,
     name_image_errors,
 )
+from semhitok_llava.smoke import QUESTION, build_world, losses, train_args, vqa_args
 from semhitok_llava.tower import SemHiTokVisionTower, weights_digest
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
-
 from semhitok_plugin import (
     CheckpointMismatchError,
     ConfigError,
     SemHiTok,
     SemHiTokConfig,
-    load_model,
 )
 from semhitok_plugin.images import ImageReadError
 from semhitok_plugin.plugins import activate
-from semhitok_plugin.samples import sample_photo
 
 activate("llava")  # through the entry point, as every launcher does
-
-CAPTIONS = {
-    "astronaut": "an astronaut in a white suit",
-    "coffee": "a cup of coffee on a saucer",
-    "chelsea": "a tabby cat looking left",
-    "rocket": "a rocket on the launch pad",
-}
-QUESTION = "What is in the image?"
-SYSTEM = conv_templates["vicuna_v1"].system
-
-
-def _llama(root):
-    corpus = [SYSTEM, f"USER: {QUESTION} ASSISTANT:", *CAPTIONS.values()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus * 20),
-        model_writer=model,
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,  # never emit unk: LLaVA pads with it
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    (root / "spm.model").write_bytes(model.getvalue())
-    tokenizer = LlamaTokenizer(vocab_file=str(root / "spm.model"), legacy=True)
-    tokenizer.save_pretrained(root / "llm")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "llm")
-
-
-def _data(root):
-    (root / "images").mkdir()
-    for name in CAPTIONS:
-        sample_photo(name).save(root / "images" / f"{name}.png")
-
-    def sample(name, caption, prompt):
-        turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": caption}]
-        return {"id": name, "image": f"{name}.png", "conversations": turns}
-
-    for split, prompt in (("pretrain", "<image>"), ("finetune", f"<image>\n{QUESTION}")):
-        rows = [sample(n, c, prompt) for n, c in CAPTIONS.items()]
-        (root / f"{split}.json").write_text(json.dumps(rows))
-
-
-def _train_args(root, split, out, *extra):
-    return [
-        "--model_name_or_path", str(root / "llm"),
-        "--data_path", str(root / f"{split}.json"),
-        "--image_folder", str(root / "images"),
-        "--vision_tower", f"semhitok:{root / 'tokenizer'}",
-        "--mm_projector_type", "dual_mlp2x_gelu",
-        "--mm_vision_select_layer", "-2",
-        "--mm_use_im_start_end", "False",
-        "--mm_use_im_patch_token", "False",
-        "--output_dir", str(out),
-        "--max_steps", "12",
-        "--per_device_train_batch_size", "4",
-        "--learning_rate", "1e-3",
-        "--lr_scheduler_type", "constant",
-        "--logging_steps", "1",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--model_max_length", "256",
-        "--lazy_preprocess", "True",
-        "--dataloader_num_workers", "0",
-        *extra,
-    ]  # fmt: skip
 
 
 class RecordingTrainer(llava_train.LLaVATrainer):
@@ -146,33 +64,18 @@ class RecordingTrainer(llava_train.LLaVATrainer):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("llava")
-    load_model("tiny", seed=0).save_pretrained(root / "tokenizer")
-    _llama(root)
-    _data(root)
-    pretrain = root / "llava-tiny-pretrain"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "semhitok_llava.train", "--version", "plain"),
-            *_train_args(root, "pretrain", pretrain, "--tune_mm_mlp_adapter", "True"),
-        ],
+    build_world(root)
+    pretrain, finetune = root / "llava-tiny-pretrain", root / "llava-tiny-finetune"
+    subprocess.run(  # a fresh interpreter: the launcher finds the plugin by its entry point
+        [sys.executable, "-m", "semhitok_llava.train", *train_args(root, "pretrain", pretrain)],
         check=True,
         capture_output=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    finetune = root / "llava-tiny-finetune"
-    args = _train_args(
-        root,
-        "finetune",
-        finetune,
-        "--version", "v1",
-        "--pretrain_mm_mlp_adapter", str(pretrain / "mm_projector.bin"),
-        "--image_aspect_ratio", "pad",
-        "--group_by_modality_length", "True",
-    )  # fmt: skip
     mp = pytest.MonkeyPatch()
     mp.setattr(llava_train, "LLaVATrainer", RecordingTrainer)
     try:
-        launcher.main(args)
+        launcher.main(train_args(root, "finetune", finetune))
     finally:
         mp.undo()
     trainer = RecordingTrainer.runs[-1]
@@ -181,16 +84,11 @@ def world(tmp_path_factory):
     )
 
 
-def _losses(run_dir):
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
 def test_pretrain_and_finetune_run_through_llava_train_and_the_loss_falls(world):
     for run in (world.pretrain, world.finetune):
-        losses = _losses(run)
-        assert len(losses) == 12
-        assert sum(losses[-3:]) / 3 < losses[0], (run.name, losses)
+        curve = losses(run)
+        assert len(curve) == 12
+        assert sum(curve[-3:]) / 3 < curve[0], (run.name, curve)
     # the pretrain saved only the Dual-MLP, under mm_projector, as LLaVA's adapter file
     adapter = torch.load(world.pretrain / "mm_projector.bin", weights_only=True)
     assert adapter and all(k.startswith("model.mm_projector.") for k in adapter)
@@ -267,33 +165,20 @@ def _greedy_without_cache(model, tokenizer, ids, pixels, steps):
 
 
 def test_model_vqa_loader_answers_with_cached_greedy_generate(world, reloaded):
-    questions = world.root / "questions.jsonl"
-    names = list(CAPTIONS)[:2]
-    questions.write_text(
-        "".join(
-            json.dumps({"question_id": i, "image": f"{n}.png", "text": QUESTION}) + "\n"
-            for i, n in enumerate(names)
-        )
-    )
     answers = world.root / "answers" / "answers.jsonl"
-    vqa_args = [
-            str(Path(sys.executable).parent / "semhitok-llava-vqa"),  # the console script
-            "--device", "cpu",
-            "--model-path", str(world.finetune),
-            "--question-file", str(questions),
-            "--image-folder", str(world.root / "images"),
-            "--answers-file", str(answers),
-            "--temperature", "0",
-            "--conv-mode", "vicuna_v1",
-            "--max_new_tokens", "6",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run(vqa_args, check=True, capture_output=True, env=env)
+    console_script = str(Path(sys.executable).parent / "semhitok-llava-vqa")
+    subprocess.run(
+        [console_script, *vqa_args(world.root, world.finetune, answers, max_new_tokens=6)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    names = [json.loads(q)["image"] for q in (world.root / "questions.jsonl").open()]
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r["question_id"] for r in rows] == [0, 1]
     tokenizer, model, image_processor, _ = reloaded
     for row, name in zip(rows, names, strict=True):
-        image = world.root / "images" / f"{name}.png"
+        image = world.root / "images" / name
         ids, pixels = _prompt_inputs(tokenizer, image_processor, model.config, image)
         expected = _greedy_without_cache(model, tokenizer, ids, pixels.half(), steps=6)
         assert row["text"] == expected

@@ -10,12 +10,15 @@ identity is written into the model config that LLaVA saves, and so a finetune re
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from semhitok_plugin import CheckpointMismatchError
+from semhitok_plugin.plugins import activate
 
 from .compat import check_transformers, import_llava, llava_model_classes, patch_generation
 from .projector import DUAL_MLP, DualMLPProjector
@@ -35,6 +38,20 @@ def register() -> None:
         arch.LlavaMetaModel.initialize_vision_modules = _patched(_initialize_vision_modules, init)
     for model_class in llava_model_classes():
         patch_generation(model_class)
+
+
+def launcher_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """For a launcher wrapping a LLaVA entry point: split ``argv`` into our flags and LLaVA's
+    (with ``--help``, print ours before LLaVA prints its own), then install SemHiTok into LLaVA
+    through the ``semhitok`` entry points."""
+    ours, rest = parser.parse_known_args(argv)
+    if {"-h", "--help"} & set(rest):
+        parser.print_help()
+        print("\nLLaVA's flags:")
+    activate("llava")
+    return ours, rest
 
 
 def _patched(replacement, original):

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from semhitok_plugin.plugins import activate
-
 from .compat import check_transformers, name_image_errors
+from .install import launcher_args
 
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 
@@ -39,11 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--mm_projector_type dual_mlp2x_gelu; every other flag is LLaVA's (listed below).",
     )
     parser.add_argument("--attn_implementation", choices=ATTENTION, default="auto")
-    ours, rest = parser.parse_known_args(argv)
-    if {"-h", "--help"} & set(rest):
-        parser.print_help()
-        print("\nLLaVA's flags:")
-    activate("llava")
+    ours, rest = launcher_args(parser, argv)
     check_transformers(training=True)
     import llava.train.train as llava_train
 

@@ -23,9 +23,8 @@ from types import ModuleType
 import torch
 from torch.overrides import TorchFunctionMode
 
-from semhitok_plugin.plugins import activate
-
 from .compat import name_image_errors
+from .install import launcher_args
 
 
 class CudaToDevice(TorchFunctionMode):
@@ -81,11 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default, help=f"cuda or cpu (default: {default})")
-    ours, rest = parser.parse_known_args(argv)
-    if {"-h", "--help"} & set(rest):
-        parser.print_help()
-        print("\nLLaVA's flags:")
-    activate("llava")
+    ours, rest = launcher_args(parser, argv)
     import llava.eval.model_vqa_loader as vqa
 
     name_image_errors(vqa)

@@ -68,6 +68,21 @@ llava_repo_file() { # FILE
     echo "$(cd "$LLAVA_REPO" && pwd)/$1"
 }
 
+# answer QUESTION_FILE IMAGE_FOLDER ANSWERS_FILE [VQA FLAGS...]: greedy answers with the
+# vicuna_v1 template, as every LLaVA-v1.5 eval script asks for them.
+answer() {
+    local question_file=$1 image_folder=$2 answers_file=$3
+    shift 3
+    "${VQA[@]}" \
+        --model-path "$CKPT" \
+        --question-file "$question_file" \
+        --image-folder "$image_folder" \
+        --answers-file "$answers_file" \
+        --temperature 0 \
+        --conv-mode vicuna_v1 \
+        "$@"
+}
+
 # run_chunked ANSWER_DIR QUESTION_FILE IMAGE_FOLDER [VQA FLAGS...]
 # Like LLaVA's multi-GPU eval scripts: one process per GPU in CUDA_VISIBLE_DEVICES (default: GPU
 # 0), each answering its chunk into ANSWER_DIR/<chunks>_<idx>.jsonl; the chunks are then
@@ -83,16 +98,8 @@ run_chunked() {
     trap 'kill "${CHUNK_PIDS[@]}" 2>/dev/null; exit 130' INT
     trap 'kill "${CHUNK_PIDS[@]}" 2>/dev/null; exit 143' TERM
     for ((idx = 0; idx < chunks; idx++)); do
-        CUDA_VISIBLE_DEVICES=${gpus[idx]} "${VQA[@]}" \
-            --model-path "$CKPT" \
-            --question-file "$question_file" \
-            --image-folder "$image_folder" \
-            --answers-file "$answer_dir/${chunks}_${idx}.jsonl" \
-            --num-chunks "$chunks" \
-            --chunk-idx "$idx" \
-            --temperature 0 \
-            --conv-mode vicuna_v1 \
-            "$@" &
+        CUDA_VISIBLE_DEVICES=${gpus[idx]} answer "$question_file" "$image_folder" \
+            "$answer_dir/${chunks}_${idx}.jsonl" --num-chunks "$chunks" --chunk-idx "$idx" "$@" &
         CHUNK_PIDS+=("$!")
     done
     for pid in "${CHUNK_PIDS[@]}"; do

@@ -35,14 +35,7 @@ else
     CONVERT=$(llava_repo_file playground/data/eval/MME/convert_answer_to_mme.py)
 fi
 
-"${VQA[@]}" \
-    --model-path "$CKPT" \
-    --question-file "$QUESTIONS" \
-    --image-folder "$IMAGES" \
-    --answers-file "$ANSWERS" \
-    --temperature 0 \
-    --conv-mode vicuna_v1 \
-    "$@"
+answer "$QUESTIONS" "$IMAGES" "$ANSWERS" "$@"
 
 # Both tools read and write paths relative to the folder they run in, as upstream runs them.
 (cd "$MME" && "$PYTHON" "$CONVERT" --experiment "$NAME")

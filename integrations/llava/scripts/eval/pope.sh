@@ -23,14 +23,7 @@ require_file "$QUESTIONS" "extract LLaVA's eval.zip into $EVAL"
 require_dir "$IMAGES" "COCO val2014 images"
 require_dir "$ANNOTATIONS" "POPE's output/coco annotation files"
 
-"${VQA[@]}" \
-    --model-path "$CKPT" \
-    --question-file "$QUESTIONS" \
-    --image-folder "$IMAGES" \
-    --answers-file "$ANSWERS" \
-    --temperature 0 \
-    --conv-mode vicuna_v1 \
-    "$@"
+answer "$QUESTIONS" "$IMAGES" "$ANSWERS" "$@"
 
 "$PYTHON" -m llava.eval.eval_pope \
     --annotation-dir "$ANNOTATIONS" \
