@@ -38,6 +38,7 @@ def register() -> None:
         arch.LlavaMetaModel.initialize_vision_modules = _patched(_initialize_vision_modules, init)
     for model_class in llava_model_classes():
         patch_generation(model_class)
+        _ignore_saved_tower_weights(model_class)
 
 
 def launcher_args(
@@ -52,6 +53,18 @@ def launcher_args(
         print("\nLLaVA's flags:")
     activate("llava")
     return ours, rest
+
+
+TOWER_WEIGHTS = r"vision_tower\.tokenizer\."
+
+
+def _ignore_saved_tower_weights(model_class: type) -> None:
+    """LLaVA saves the tower's weights with the model (as it does CLIP's) but rebuilds the tower
+    from its spec on load; the tokenizer's weights in the checkpoint are unused by design, so
+    transformers need not list every one of them as unexpected."""
+    ignored = list(getattr(model_class, "_keys_to_ignore_on_load_unexpected", None) or [])
+    if TOWER_WEIGHTS not in ignored:
+        model_class._keys_to_ignore_on_load_unexpected = [*ignored, TOWER_WEIGHTS]
 
 
 def _patched(replacement, original):

@@ -6,8 +6,9 @@ LLaVA's JSON format, and a SemHiTok tokenizer (``--tokenizer``: the random ``tin
 default, or e.g. the demo's trained ``outputs/demo/stage2/final``) -- then runs, each in its own
 process exactly as on a cluster: ``semhitok-llava-train`` pretrain (``--version plain``, projector
 only), finetune (``--version v1``, from the pretrain's ``mm_projector.bin``) and
-``semhitok-llava-vqa --device cpu`` on two questions. It checks nothing about quality: the model is
-random and tiny. It shows that every step of the protocol runs.
+``semhitok-llava-vqa`` on two questions. It checks nothing about quality: the model is random
+and tiny. It shows that every step of the protocol runs. ``--device cuda`` runs the GPU path
+instead: training in bf16 on the GPU and LLaVA's ``model_vqa_loader`` unchanged (no remapping).
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def train_args(root: Path, split: str, out: Path, steps: int = 12) -> list[str]:
     ]  # fmt: skip
 
 
-def vqa_args(root: Path, checkpoint: Path, answers: Path, max_new_tokens: int = 6) -> list[str]:
+def vqa_args(
+    root: Path, checkpoint: Path, answers: Path, max_new_tokens: int = 6, device: str = "cpu"
+) -> list[str]:
     return [
-        "--device", "cpu",
+        "--device", device,
         "--model-path", str(checkpoint),
         "--question-file", str(root / "questions.jsonl"),
         "--image-folder", str(root / "images"),
@@ -158,17 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/llava-smoke"))
     parser.add_argument("--tokenizer", default="tiny", help="preset or save_pretrained folder")
     parser.add_argument("--steps", type=int, default=12, help="training steps per stage")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
     root = args.out.resolve()
     print(f"building the tiny world in {root} ...", flush=True)
     build_world(root, args.tokenizer)
     python = [sys.executable, "-m"]
+    gpu = ["--bf16", "True"] if args.device == "cuda" else ["--use_cpu", "True"]
     for split in ("pretrain", "finetune"):
         out = root / f"llava-tiny-{split}"
         print(f"semhitok-llava-train ({split}) -> {out}", flush=True)
-        subprocess.run(
-            [*python, "semhitok_llava.train", *train_args(root, split, out, args.steps)], check=True
-        )
+        flags = [*train_args(root, split, out, args.steps), *gpu]
+        subprocess.run([*python, "semhitok_llava.train", *flags], check=True)
         curve = losses(out)
         print(f"  loss {curve[0]:.3f} -> {curve[-1]:.3f} over {len(curve)} steps")
     answers = root / "answers.jsonl"
