@@ -21,7 +21,7 @@ Each shim is small, idempotent and fixes one measured breakage:
 
 Outside the tested range LLaVA's *training* breaks for reasons a shim should not paper over
 (4.52: ``LLaVATrainer._get_train_sampler`` signature; 4.53: ``ALL_LAYERNORM_LAYERS`` removed), so
-:func:`check_transformers` names the supported range instead.
+:func:`check_transformers_for_training` names the supported range instead.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def _swallowed_import_error() -> Exception | None:
         sys.modules.update(saved)
 
 
-def check_transformers(*, training: bool) -> None:
+def check_transformers_for_training() -> None:
     version = Version(transformers.__version__)
-    if training and version >= Version(TRAINING_BREAKS):
+    if version >= Version(TRAINING_BREAKS):
         raise RuntimeError(
             f"transformers {version}: LLaVA 1.2.2's trainer fails from {TRAINING_BREAKS} on "
             f"(LLaVATrainer._get_train_sampler signature). Install transformers=={TESTED}, "

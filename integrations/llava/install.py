@@ -20,7 +20,7 @@ from typing import Any
 from semhitok_plugin import CheckpointMismatchError
 from semhitok_plugin.plugins import activate
 
-from .compat import check_transformers, import_llava, llava_model_classes, patch_generation
+from .compat import import_llava, llava_model_classes, patch_generation
 from .projector import DUAL_MLP, DualMLPProjector
 from .tower import RECORD_KEY, SemHiTokVisionTower, is_semhitok_tower
 
@@ -30,7 +30,6 @@ _PATCHED = "__semhitok_patched__"
 def register() -> None:
     """Make LLaVA build SemHiTok towers and Dual-MLP projectors (idempotent)."""
     arch = import_llava()
-    check_transformers(training=False)
     if not getattr(arch.build_vision_tower, _PATCHED, False):
         arch.build_vision_tower = _patched(_build_tower, arch.build_vision_tower)
         arch.build_vision_projector = _patched(_build_projector, arch.build_vision_projector)

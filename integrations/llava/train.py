@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .compat import check_transformers, name_image_errors
+from .compat import check_transformers_for_training, name_image_errors
 from .install import launcher_args
 
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--attn_implementation", choices=ATTENTION, default="auto")
     ours, rest = launcher_args(parser, argv)
-    check_transformers(training=True)
+    check_transformers_for_training()
     import llava.train.train as llava_train
 
     name_image_errors(llava_train)
