@@ -1,0 +1,93 @@
+"""Building the unified MLLM from a Qwen2 checkpoint and a SemHiTok model, and loading it back.
+
+A build adds the two image markers to the Qwen tokenizer, extends the LM by the K·m image ids
+(:meth:`SemHiTokQwen2ForCausalLM.from_qwen`) and pairs it with a processor; ``save`` writes both
+into one directory that :func:`load_unified` (and ``from_pretrained``) read back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
+
+from ..model import CheckpointMismatchError, SemHiTok, load_model
+from .model import SemHiTokQwen2ForCausalLM
+from .processor import SemHiTokQwenProcessor, add_image_markers
+
+
+def build_unified(
+    qwen: str | Path,
+    image_tokenizer: str | SemHiTok,
+    *,
+    semantic_fraction: float = 0.5,
+    unconditional_prompt: str = "",
+    torch_dtype: torch.dtype | None = None,
+) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
+    """Extend a Qwen2/Qwen2.5 checkpoint (hub id or directory) by SemHiTok's image vocabulary."""
+    tokenizer = AutoTokenizer.from_pretrained(qwen)
+    lm = AutoModelForCausalLM.from_pretrained(qwen, torch_dtype=torch_dtype)
+    if not isinstance(lm, Qwen2ForCausalLM):
+        raise ValueError(f"{qwen} is a {type(lm).__name__}, not a Qwen2/Qwen2.5 causal LM")
+    if isinstance(image_tokenizer, str):
+        image_tokenizer = load_model(image_tokenizer)
+    markers = add_image_markers(tokenizer)
+    # Qwen pads its embedding table beyond the tokenizer (151,936 rows for 151,665 tokens):
+    # the image ids start after whichever is larger, so no text id ever moves.
+    text_vocab_size = max(len(tokenizer), lm.get_input_embeddings().num_embeddings)
+    model = SemHiTokQwen2ForCausalLM.from_qwen(
+        lm,
+        text_vocab_size,
+        markers,
+        image_tokenizer,
+        semantic_fraction=semantic_fraction,
+        unconditional_prompt=unconditional_prompt,
+    )
+    return model, SemHiTokQwenProcessor(tokenizer, image_tokenizer, model.config)
+
+
+def save_unified(
+    model: SemHiTokQwen2ForCausalLM, processor: SemHiTokQwenProcessor, directory: str | Path
+) -> Path:
+    """Model, text tokenizer and SemHiTok (under ``semhitok/``) in one directory."""
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return Path(directory)
+
+
+def load_unified(
+    directory: str | Path,
+    *,
+    image_tokenizer: str | SemHiTok | None = None,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
+    """Model and processor from a directory written by :func:`save_unified` (or a training
+    checkpoint). The image tokenizer must be the one the model was built with: its codebooks are
+    compared with the copies inside the model."""
+    model = SemHiTokQwen2ForCausalLM.from_pretrained(directory, torch_dtype=torch_dtype)
+    processor = SemHiTokQwenProcessor.from_pretrained(directory, image_tokenizer)
+    check_codebooks(model, processor.image_tokenizer)
+    processor.image_tokenizer.to(device)
+    return model.to(device).eval(), processor
+
+
+def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``image_tokenizer``'s codebooks are the ones
+    the model's image inputs were built from (same ids, same meaning)."""
+    embed = model.image_embed
+    semantic, pixel = embed.codebooks_of(image_tokenizer)
+    for name, mine, theirs in (
+        ("semantic", embed.semantic_codes, semantic),
+        ("pixel", embed.pixel_codes, pixel),
+    ):
+        theirs = theirs.to(mine)
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, atol=1e-3):
+            raise CheckpointMismatchError(
+                f"the SemHiTok model's {name} codebook differs from the one this MLLM was built "
+                "with: its image ids would mean other images"
+            )
+
+
+__all__ = ["build_unified", "check_codebooks", "load_unified", "save_unified"]

@@ -1,0 +1,170 @@
+"""Text-to-image sampling and text chat with the unified MLLM.
+
+``generate_image`` writes the prompt as a user turn, opens the assistant turn with
+``<|image_start|>`` and samples exactly h·w image ids with a KV cache. Classifier-free guidance
+runs the conditional and unconditional prompts as one batch of 2N streams that receive the same
+sampled token; the logits are ``uncond + s·(cond − uncond)``. While an image is sampled only the
+image rows of the shared head can be chosen, so by default only that slice of the head is
+computed (``image_slice_head``; its speed-up is measured in ``benchmarks/mllm_generation.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicCache
+
+from .model import SemHiTokQwen2ForCausalLM
+from .processor import SemHiTokQwenProcessor
+
+
+@dataclass
+class GeneratedImages:
+    ids: torch.Tensor  # (N, h, w) flat SemHiTok ids
+    images: list[Image.Image]  # decoded (empty when decode=False)
+
+
+def sampling_warpers(
+    temperature: float, top_k: int | None, top_p: float | None
+) -> LogitsProcessorList:
+    """transformers' own temperature / top-k / top-p warpers, in ``generate``'s order."""
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def sample_next(
+    logits: torch.Tensor,
+    warpers: LogitsProcessorList,
+    generator: torch.Generator,
+    greedy: bool = False,
+) -> torch.Tensor:
+    """One id per row of ``logits`` (N, V): argmax when ``greedy``, else a draw after warping."""
+    if greedy:
+        return logits.argmax(-1)
+    scores = warpers(None, logits.float())
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def guided(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance over a batch stacked as [conditional; unconditional]."""
+    cond, uncond = logits.float().chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+@torch.no_grad()
+def generate_image(
+    model: SemHiTokQwen2ForCausalLM,
+    processor: SemHiTokQwenProcessor,
+    prompt: str | list[str],
+    *,
+    cfg_scale: float = 4.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    image_slice_head: bool = True,
+    decode: bool = True,
+) -> GeneratedImages:
+    """Sample one image per prompt. ``cfg_scale=1`` runs the conditional stream alone;
+    ``temperature=0`` is greedy. ``seed`` fixes the draw (same seed, same ids)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    guidance = cfg_scale != 1.0
+    if guidance:
+        prompts += [model.config.unconditional_prompt] * len(prompts)
+    device = model.device
+    rows = [
+        processor.tokenize_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]
+        + [processor.image_start_id]
+        for p in prompts
+    ]
+    batch = {k: v.to(device) for k, v in processor.pad(rows, side="left").items()}
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    warpers = sampling_warpers(temperature, top_k, top_p)
+    vocab, num_tokens = processor.image_vocab, processor.num_image_tokens
+    head_rows = slice(vocab.offset, vocab.offset + vocab.size)
+    cache, inputs, drawn = DynamicCache(), batch["input_ids"], []
+    for step in range(num_tokens):
+        hidden = model.model(
+            inputs_embeds=model.embed(inputs),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        if image_slice_head:
+            logits = model.image_logits(hidden)
+        else:
+            logits = model.lm_head(hidden)[:, head_rows]
+        flat = sample_next(
+            guided(logits, cfg_scale) if guidance else logits, warpers, generator, temperature == 0
+        )
+        drawn.append(flat)
+        if step + 1 < num_tokens:
+            inputs = vocab.to_tokens(flat.repeat(2 if guidance else 1))[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+    ids = torch.stack(drawn, dim=1)
+    h, w = processor.image_tokenizer.grid_size
+    images = processor.decode_images(ids) if decode else []
+    return GeneratedImages(ids.view(-1, h, w).cpu(), images)
+
+
+class TextOnly(LogitsProcessor):
+    """Forbid image ids and ``<|image_start|>`` in a text answer (understanding never draws an
+    image; the shared head could otherwise open one)."""
+
+    def __init__(self, model: SemHiTokQwen2ForCausalLM) -> None:
+        self.offset, self.image_start = model.image_vocab.offset, model.config.image_start_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.offset :] = -float("inf")
+        scores[:, self.image_start] = -float("inf")
+        return scores
+
+
+@torch.no_grad()
+def chat(
+    model: SemHiTokQwen2ForCausalLM,
+    processor: SemHiTokQwenProcessor,
+    conversations: list[list[dict]],
+    images: list[list] | None = None,
+    **generate_kwargs,
+) -> list[str]:
+    """Answers (text) to a batch of conversations through ``model.generate``; contents may hold
+    ``<image>`` placeholders filled from ``images``. Greedy unless ``do_sample=True`` is given."""
+    batch = {k: v.to(model.device) for k, v in processor(conversations, images).items()}
+    generate_kwargs.setdefault("max_new_tokens", 64)
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(
+        **batch,
+        logits_processor=LogitsProcessorList([TextOnly(model)]),
+        pad_token_id=processor.pad_token_id,
+        **generate_kwargs,
+    )
+    answers = out[:, batch["input_ids"].shape[1] :]
+    return [processor.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+
+
+__all__ = ["GeneratedImages", "TextOnly", "chat", "generate_image", "sample_next"]

@@ -1,0 +1,217 @@
+"""The unified MLLM of the paper's §3.3 (Fig. 3c): a Qwen2/Qwen2.5 causal LM that reads and writes
+SemHiTok images as tokens of one vocabulary.
+
+Vocabulary: the LLM's text ids (``text_vocab_size`` rows, the begin/end-of-image markers among
+them) followed by the K·m flat image ids, so token ``text_vocab_size + flat`` is image id
+``flat``. One output head scores all of them (next-token loss over text and image ids alike).
+
+Image *inputs* do not use the embedding table: an image token enters through the Dual-MLP
+adapter applied to its quantised semantic and pixel codebook vectors (the paper: "we still use
+the features extracted from SGHC as input"). Those vectors are per token, so the same path
+embeds an image being understood and the image ids the model itself generates. The codebooks are
+frozen buffers of the model, so a checkpoint is self-contained; the tokenizer's config travels
+in ``config.semhitok``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+
+from ..adapter import DualMLPAdapter
+from ..config import SemHiTokConfig
+from ..ids import TokenIdError, check_ids, split_ids
+from ..model import SemHiTok
+
+IMAGE_START, IMAGE_END = "<|image_start|>", "<|image_end|>"
+
+
+@dataclass(frozen=True)
+class ImageVocabulary:
+    """Where the flat image ids live among the LLM's token ids: ``[offset, offset + size)``."""
+
+    offset: int
+    size: int
+
+    def to_tokens(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        check_ids(flat_ids, self.size, "flat image ids")
+        return flat_ids + self.offset
+
+    def to_flat(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if not bool(self.contains(token_ids).all()):
+            raise TokenIdError(
+                f"token ids outside the image range [{self.offset}, {self.offset + self.size})"
+            )
+        return token_ids - self.offset
+
+    def contains(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return (token_ids >= self.offset) & (token_ids < self.offset + self.size)
+
+
+class SemHiTokQwen2Config(Qwen2Config):
+    """A Qwen2 config plus the image vocabulary: ``vocab_size = text_vocab_size + K·m``."""
+
+    model_type = "semhitok_qwen2"
+
+    def __init__(
+        self,
+        semhitok: dict | None = None,
+        text_vocab_size: int | None = None,
+        image_start_id: int | None = None,
+        image_end_id: int | None = None,
+        semantic_fraction: float = 0.5,
+        unconditional_prompt: str = "",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.semhitok = semhitok  # SemHiTokConfig.to_dict() of the image tokenizer
+        self.text_vocab_size = text_vocab_size if text_vocab_size is not None else self.vocab_size
+        self.image_start_id, self.image_end_id = image_start_id, image_end_id
+        self.semantic_fraction = semantic_fraction
+        # the text that replaces a text-to-image prompt under CFG dropout, and in the
+        # unconditional stream at sampling time (the paper's "un-condition text")
+        self.unconditional_prompt = unconditional_prompt
+
+    @property
+    def tokenizer_config(self) -> SemHiTokConfig:
+        return SemHiTokConfig.from_dict(self.semhitok)
+
+    @property
+    def image_vocab(self) -> ImageVocabulary:
+        return ImageVocabulary(self.text_vocab_size, self.vocab_size - self.text_vocab_size)
+
+
+class ImageInputEmbedding(nn.Module):
+    """Flat image ids -> LLM inputs: Dual-MLP over the frozen semantic and pixel code vectors."""
+
+    def __init__(self, tokenizer: SemHiTokConfig, hidden_size: int, semantic_fraction: float):
+        super().__init__()
+        sem, pix = tokenizer.semantic, tokenizer.pixel
+        self.codebook_size, self.sub_codebook_size = sem.codebook_size, pix.sub_codebook_size
+        self.register_buffer("semantic_codes", torch.zeros(sem.codebook_size, sem.code_dim))
+        self.register_buffer(
+            "pixel_codes", torch.zeros(sem.codebook_size, pix.sub_codebook_size, pix.code_dim)
+        )
+        self.adapter = DualMLPAdapter(sem.code_dim, pix.code_dim, hidden_size, semantic_fraction)
+
+    @staticmethod
+    @torch.no_grad()
+    def codebooks_of(tokenizer: SemHiTok) -> tuple[torch.Tensor, torch.Tensor]:
+        """A tokenizer's quantised code vectors (what ``encode`` outputs): (K, d_s), (K, m, d_p)."""
+        codebook = tokenizer.semantic_codebook
+        all_codes = torch.arange(codebook.codebook_size, device=codebook.codebook.device)
+        return codebook.lookup(all_codes), tokenizer.pixel_quantizer.normalized()
+
+    @torch.no_grad()
+    def copy_codebooks(self, tokenizer: SemHiTok) -> None:
+        semantic, pixel = self.codebooks_of(tokenizer)
+        self.semantic_codes.copy_(semantic)
+        self.pixel_codes.copy_(pixel)
+
+    def forward(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        sem, pix = split_ids(flat_ids, self.codebook_size, self.sub_codebook_size)
+        return self.adapter(self.semantic_codes[sem], self.pixel_codes[sem, pix])
+
+
+class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
+    config_class = SemHiTokQwen2Config
+
+    def __init__(self, config: SemHiTokQwen2Config) -> None:
+        super(Qwen2ForCausalLM, self).__init__(config)
+        text_config = copy.copy(config)  # the transformer and its table cover text ids only
+        text_config.vocab_size = config.text_vocab_size
+        self.model = Qwen2Model(text_config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.image_embed = ImageInputEmbedding(
+            config.tokenizer_config, config.hidden_size, config.semantic_fraction
+        )
+        self.image_vocab = config.image_vocab
+        self.post_init()
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings: the table for text ids, the Dual-MLP adapter for image ids."""
+        image = self.image_vocab.contains(input_ids)
+        text = self.model.embed_tokens(input_ids.masked_fill(image, 0))
+        flat = (input_ids - self.image_vocab.offset).clamp(0, self.image_vocab.size - 1)
+        # computed for every position (no host sync); the adapter is tiny next to the LLM
+        return torch.where(image[..., None], self.image_embed(flat).to(text.dtype), text)
+
+    def forward(self, input_ids: torch.LongTensor | None = None, **kwargs):
+        """As Qwen2's, with image ids embedded through the adapter."""
+        if input_ids is not None:
+            kwargs["inputs_embeds"] = self.embed(input_ids)
+        return super().forward(input_ids=None, **kwargs)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the image ids only (B, ..., K·m): the head's image slice, used while an
+        image is generated (the text rows cannot be sampled there)."""
+        start = self.image_vocab.offset
+        return F.linear(hidden, self.lm_head.weight[start : start + self.image_vocab.size])
+
+    @classmethod
+    def from_qwen(
+        cls,
+        qwen: Qwen2ForCausalLM,
+        text_vocab_size: int,
+        marker_ids: tuple[int, int],
+        tokenizer: SemHiTok,
+        semantic_fraction: float = 0.5,
+        unconditional_prompt: str = "",
+    ) -> SemHiTokQwen2ForCausalLM:
+        """Extend a loaded Qwen2 LM (whose tokenizer already holds the two markers) by the image
+        vocabulary of ``tokenizer``. Text rows keep their weights; new text rows (markers) start
+        at the mean text embedding; image rows of the head start like a fresh Linear's."""
+        base = qwen.config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+            base.pop(key, None)
+        base.update(
+            vocab_size=text_vocab_size + tokenizer.vocab_size,
+            tie_word_embeddings=False,  # the head has K·m more rows than the table
+        )
+        config = SemHiTokQwen2Config(
+            semhitok=tokenizer.config.to_dict(),
+            text_vocab_size=text_vocab_size,
+            image_start_id=marker_ids[0],
+            image_end_id=marker_ids[1],
+            semantic_fraction=semantic_fraction,
+            unconditional_prompt=unconditional_prompt,
+            **base,
+        )
+        config._attn_implementation = qwen.config._attn_implementation
+        model = cls(config).to(qwen.dtype)
+        model.image_embed.copy_codebooks(tokenizer)
+        _copy_rows(model.model.embed_tokens.weight, qwen.get_input_embeddings().weight)
+        _copy_rows(model.lm_head.weight[:text_vocab_size], qwen.get_output_embeddings().weight)
+        state = {k: v for k, v in qwen.model.state_dict().items() if "embed_tokens" not in k}
+        missing, unexpected = model.model.load_state_dict(state, strict=False)
+        if missing != ["embed_tokens.weight"] or unexpected:
+            raise ValueError(f"not a Qwen2 model: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+@torch.no_grad()
+def _copy_rows(target: torch.Tensor, source: torch.Tensor) -> None:
+    n = min(len(target), len(source))
+    target[:n] = source[:n]
+    if len(target) > n:
+        target[n:] = source[:n].mean(0)
+
+
+AutoConfig.register(SemHiTokQwen2Config.model_type, SemHiTokQwen2Config)
+AutoModelForCausalLM.register(SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM)
+
+__all__ = [
+    "IMAGE_END",
+    "IMAGE_START",
+    "ImageInputEmbedding",
+    "ImageVocabulary",
+    "SemHiTokQwen2Config",
+    "SemHiTokQwen2ForCausalLM",
+]
