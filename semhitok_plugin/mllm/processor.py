@@ -113,11 +113,7 @@ class SemHiTokQwenProcessor:
     def tokenize(self, text: str, image_ids: Sequence[torch.Tensor] = ()) -> list[int]:
         """Token ids of ``text`` with each ``<image>`` replaced by the next image's tokens."""
         pieces = text.split(IMAGE_PLACEHOLDER)
-        if len(pieces) - 1 != len(image_ids):
-            raise ValueError(
-                f"text has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but "
-                f"{len(image_ids)} images were given"
-            )
+        _check_image_count(len(pieces) - 1, len(image_ids))
         ids = self._text_ids(pieces[0])
         for piece, image in zip(pieces[1:], image_ids, strict=True):
             ids += self.image_token_ids(image) + self._text_ids(piece)
@@ -155,16 +151,16 @@ class SemHiTokQwenProcessor:
             spans += [(start, head, False), (head, tail, True)]
             start = tail
         spans.append((start, len(text), False))
+        _check_image_count(text.count(IMAGE_PLACEHOLDER), len(images))
         image_ids = iter(self.encode_images(images))
         input_ids, labels = [], []
         for lo, hi, trained in spans:
             piece = text[lo:hi]
-            n = piece.count(IMAGE_PLACEHOLDER)
-            ids = self.tokenize(piece, [next(image_ids) for _ in range(n)])
+            ids = self.tokenize(
+                piece, [next(image_ids) for _ in range(piece.count(IMAGE_PLACEHOLDER))]
+            )
             input_ids += ids
             labels += ids if trained else [IGNORE_INDEX] * len(ids)
-        if next(image_ids, None) is not None:
-            raise ValueError(f"more images given than {IMAGE_PLACEHOLDER} placeholders")
         return input_ids, labels
 
     def __call__(
@@ -244,6 +240,14 @@ class SemHiTokQwenProcessor:
         elif isinstance(image_tokenizer, str):
             image_tokenizer = load_model(image_tokenizer)
         return cls(AutoTokenizer.from_pretrained(directory), image_tokenizer, config)
+
+
+def _check_image_count(placeholders: int, images: int) -> None:
+    if placeholders != images:
+        raise ValueError(
+            f"text has {placeholders} {IMAGE_PLACEHOLDER} placeholders but {images} images "
+            "were given"
+        )
 
 
 def add_image_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
