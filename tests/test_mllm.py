@@ -17,7 +17,7 @@ from semhitok_plugin.mllm import (
     SemHiTokQwen2ForCausalLM,
     load_unified,
 )
-from semhitok_plugin.mllm.generation import chat, generate_image, sample_next, sampling_warpers
+from semhitok_plugin.mllm.generation import chat, generate_image, sample_next
 from semhitok_plugin.mllm.tiny import save_tiny_unified
 from semhitok_plugin.samples import sample_photo
 
@@ -186,7 +186,6 @@ def _reference_sample(model, processor, prompts, cfg_scale, seed, top_k):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     vocab, n = model.image_vocab, len(prompts) // (1 if cfg_scale == 1 else 2)
     generator = torch.Generator().manual_seed(seed)
-    warpers = sampling_warpers(1.0, top_k, None)
     drawn = []
     for _ in range(processor.num_image_tokens):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -194,7 +193,7 @@ def _reference_sample(model, processor, prompts, cfg_scale, seed, top_k):
         logits = logits[:, vocab.offset :].float()
         if cfg_scale != 1:
             logits = logits[n:] + cfg_scale * (logits[:n] - logits[n:])
-        flat = sample_next(logits, warpers, generator)
+        flat = sample_next(logits, generator, top_k=top_k)
         drawn.append(flat)
         token = vocab.to_tokens(flat).repeat(len(prompts) // n)[:, None]
         ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
@@ -211,6 +210,21 @@ def test_generate_image_matches_uncached_reference_sampling(unified, cfg_scale):
     with torch.no_grad():
         expected = _reference_sample(model, processor, prompts, cfg_scale, 7, 40)
     assert torch.equal(out.ids, expected)
+
+
+def test_top_k_top_p_sampling_draws_from_the_renormalised_nucleus():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat(
+        [sample_next(logits, generator, 0.5, top_k=3, top_p=0.9) for _ in range(4000)]
+    )
+    # top-3 are ids 5, 0, 1 with softmax(2·logit) = (0.867, 0.117, 0.016) at temperature 0.5;
+    # top-p 0.9 drops id 1 (its tail mass 0.016 <= 0.1) and renormalises the other two
+    expected = torch.zeros(6)
+    expected[[5, 0]] = torch.softmax(torch.tensor([6.0, 4.0]), 0)
+    frequencies = torch.bincount(draws, minlength=6) / len(draws)
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+    assert sample_next(logits, generator, temperature=0).item() == 5
 
 
 def test_generate_image_gives_exactly_the_grid_inside_the_image_range(unified):

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
+from ..config import ConfigError
 from ..model import CheckpointMismatchError, SemHiTok, load_model
 from .model import SemHiTokQwen2ForCausalLM
 from .processor import SemHiTokQwenProcessor, add_image_markers
@@ -73,6 +74,20 @@ def load_unified(
     return model.to(device).eval(), processor
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``torch.bfloat16`` for "bfloat16" (also "bf16", "fp16", "fp32"); None passes through."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    key = aliases.get(name, name)
+    if key not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
 def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``image_tokenizer``'s codebooks are the ones
     the model's image inputs were built from (same ids, same meaning)."""
@@ -90,4 +105,4 @@ def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) 
             )
 
 
-__all__ = ["build_unified", "check_codebooks", "load_unified", "save_unified"]
+__all__ = ["build_unified", "check_codebooks", "load_unified", "save_unified", "torch_dtype"]

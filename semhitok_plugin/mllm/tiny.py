@@ -54,11 +54,15 @@ def tiny_tokenizer(vocab_size: int = 320) -> Qwen2TokenizerFast:
     )
 
 
-def save_tiny_qwen(directory: str | Path, *, hidden_size: int = 64, seed: int = 0) -> Path:
-    """Write a tiny random Qwen2 causal LM and its tokenizer to ``directory``."""
+def save_tiny_qwen(
+    directory: str | Path, *, hidden_size: int = 64, table_rows: int | None = None, seed: int = 0
+) -> Path:
+    """Write a tiny random Qwen2 causal LM and its tokenizer to ``directory``. The embedding
+    table is padded beyond the tokenizer, as real Qwen checkpoints are (``table_rows``: e.g.
+    Qwen2.5's 151,936, for benchmarks at the real vocabulary size)."""
     tokenizer = tiny_tokenizer()
     config = Qwen2Config(
-        vocab_size=len(tokenizer) + 8,  # a padded table, as real Qwen checkpoints have
+        vocab_size=table_rows or len(tokenizer) + 8,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,

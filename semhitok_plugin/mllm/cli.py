@@ -1,0 +1,172 @@
+"""The ``semhitok-qwen`` command line: build, train, chat with and sample images from the unified
+MLLM (a Qwen2/Qwen2.5 LM extended by SemHiTok's image ids).
+
+MODEL is a directory written by ``semhitok-qwen init`` or by training (a checkpoint holds the
+text tokenizer and, under ``semhitok/``, the image tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..cli import USER_ERRORS, _batches, _device, _write_tokens
+from ..images import ImageReadError
+from ..visualize import grid
+from .build import build_unified, load_unified, save_unified, torch_dtype
+from .generation import chat, generate_image
+from .tiny import save_tiny_unified
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    model, processor = build_unified(
+        args.qwen,
+        args.tokenizer,
+        semantic_fraction=args.semantic_fraction,
+        unconditional_prompt=args.unconditional_prompt,
+        torch_dtype=torch_dtype(args.dtype),
+    )
+    save_unified(model, processor, args.output)
+    vocab = model.image_vocab
+    print(
+        f"wrote {args.output}: {model.config.text_vocab_size} text ids + {vocab.size} image ids "
+        f"(image token id = {vocab.offset} + flat id)"
+    )
+    return 0
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    print(f"wrote a tiny random unified MLLM to {save_tiny_unified(args.output, seed=args.seed)}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    return load_unified(
+        args.model,
+        image_tokenizer=args.image_tokenizer,
+        device=_device(args.device),
+        torch_dtype=torch_dtype(args.dtype),
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model, processor = _load(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    ids, images = [], []
+    for start, prompts in enumerate(_batches(iter(args.prompt), args.batch_size)):
+        seed = None if args.seed is None else args.seed + start
+        out = generate_image(
+            model,
+            processor,
+            prompts,
+            cfg_scale=args.cfg_scale,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=seed,
+        )
+        ids.append(out.ids)
+        images += out.images
+    names = [f"{i:03d}.png" for i in range(len(images))]
+    for name, image in zip(names, images, strict=True):
+        image.save(args.output / name)
+    _write_tokens(args.output / "tokens.npz", torch.cat(ids), names, processor.image_tokenizer)
+    grid([images]).save(args.output / "grid.png")
+    print(f"wrote {len(images)} images, grid.png and tokens.npz to {args.output}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model, processor = _load(args)
+    content = "<image>\n" * len(args.image) + args.prompt
+    (answer,) = chat(
+        model,
+        processor,
+        [[{"role": "user", "content": content}]],
+        [args.image],
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(answer)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import add_arguments as add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="semhitok-qwen", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="extend a Qwen2/Qwen2.5 checkpoint by SemHiTok's image ids")
+    p.add_argument("--qwen", required=True, help="Qwen2/Qwen2.5 hub id or directory")
+    p.add_argument("--tokenizer", default="tiny", help="SemHiTok preset, directory or hub id")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument(
+        "--semantic-fraction",
+        type=float,
+        default=0.5,
+        help="share of the LLM width the Dual-MLP gives the semantic features",
+    )
+    p.add_argument(
+        "--unconditional-prompt",
+        default="",
+        help="text that replaces a text-to-image prompt under CFG dropout and at sampling time",
+    )
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.set_defaults(fn=cmd_init)
+
+    p = sub.add_parser("tiny", help="write a tiny random model (smoke runs, tests)")
+    p.add_argument("-o", "--output", type=Path, default=Path("tiny-mllm"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_tiny)
+
+    def with_model(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-m", "--model", required=True, help="unified MLLM directory")
+        p.add_argument("--image-tokenizer", help="SemHiTok override (default: MODEL/semhitok)")
+        p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+        return p
+
+    p = with_model(sub.add_parser("generate", help="text -> images (PNG, grid, tokens.npz)"))
+    p.add_argument("prompt", nargs="+", help="one image per prompt")
+    p.add_argument("-o", "--output", type=Path, default=Path("generated"))
+    p.add_argument("--cfg-scale", type=float, default=4.0, help="1 disables guidance")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, help="fixes the samples (batch i uses seed + i)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    p.set_defaults(fn=cmd_generate)
+
+    p = with_model(sub.add_parser("chat", help="answer a question about images (greedy)"))
+    p.add_argument("prompt")
+    p.add_argument("--image", type=Path, action="append", default=[], help="repeatable")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("train", help="pretrain or finetune on JSONL data (HF Trainer)")
+    add_train_arguments(p)
+    p.set_defaults(fn=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (*USER_ERRORS, ImageReadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
