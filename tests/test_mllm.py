@@ -259,8 +259,8 @@ def test_chat_is_greedy_over_text_ids_only(unified):
     with torch.no_grad():
         for _ in range(6):
             logits = model(ids).logits[0, -1]
-            logits[model.image_vocab.offset :] = -float("inf")
-            logits[processor.image_start_id] = -float("inf")
+            logits[len(processor.tokenizer) :] = -float("inf")  # padded rows and image ids
+            logits[[processor.image_start_id, processor.image_end_id]] = -float("inf")
             ids = torch.cat([ids, logits.argmax().view(1, 1)], 1)
             if ids[0, -1] == processor.tokenizer.eos_token_id:
                 break

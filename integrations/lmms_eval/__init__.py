@@ -1,4 +1,6 @@
 """The lmms-eval model ``semhitok_qwen`` (``semhitok_lmms_eval``).
 
-Placeholder: the unified-MLLM / lmms-eval issue fills this package in.
+lmms-eval imports :mod:`semhitok_lmms_eval.manifest` through its entry point at every start, so
+this package imports nothing heavy: the model class lives in :mod:`semhitok_lmms_eval.model`,
+the local-data task writer in :mod:`semhitok_lmms_eval.local_tasks`.
 """

@@ -122,16 +122,18 @@ def generate_image(
 
 
 class TextOnly(LogitsProcessor):
-    """Forbid image ids and ``<|image_start|>`` in a text answer (understanding never draws an
-    image; the shared head could otherwise open one)."""
+    """Allow only the text tokenizer's own ids in an answer: no image ids, no image markers, and
+    none of the padded table rows beyond the tokenizer (they decode to nothing). Understanding
+    never draws an image; the shared head could otherwise open one."""
 
-    def __init__(self, model: SemHiTokQwen2ForCausalLM) -> None:
-        self.offset, self.image_start = model.image_vocab.offset, model.config.image_start_id
+    def __init__(self, processor: SemHiTokQwenProcessor) -> None:
+        self.text_size = len(processor.tokenizer)
+        self.markers = [processor.image_start_id, processor.image_end_id]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.clone()
-        scores[:, self.offset :] = -float("inf")
-        scores[:, self.image_start] = -float("inf")
+        scores[:, self.text_size :] = -float("inf")
+        scores[:, self.markers] = -float("inf")
         return scores
 
 
@@ -150,7 +152,7 @@ def chat(
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(
         **batch,
-        logits_processor=LogitsProcessorList([TextOnly(model)]),
+        logits_processor=LogitsProcessorList([TextOnly(processor)]),
         pad_token_id=processor.pad_token_id,
         **generate_kwargs,
     )
