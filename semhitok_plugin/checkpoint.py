@@ -9,6 +9,7 @@ untouched. Files hold only tensors and plain Python values, so they load with
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -83,3 +84,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _tuples(value: Any) -> Any:
     """``random.setstate`` needs tuples; a round trip through torch.save may give lists."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop JSONL log lines written after the checkpoint a resumed run restarts from."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        path.write_text("".join(f"{ln}\n" for ln in lines))

@@ -37,6 +37,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    truncate_metrics,
 )
 from .config import ConfigError, SemHiTokConfig, from_plain
 from .data import DataConfig, ImageStream, eval_batches
@@ -119,6 +120,7 @@ class TrainConfig:
                 known = sorted(
                     str(p.relative_to(SHIPPED_CONFIGS))[:-5]
                     for p in SHIPPED_CONFIGS.glob("*/*.yaml")
+                    if p.parent.name != "mllm"  # the unified MLLM's stages: semhitok-qwen train
                 )
                 raise ConfigError(
                     f"no config file {str(path)!r}; shipped configs: {', '.join(known)}"
@@ -385,7 +387,7 @@ class Trainer:
             return False
         self.load_state_dict(load_checkpoint(path))
         if self.rank == 0:
-            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
             print(f"resumed from {path} at step {self.step}")
         return True
 
@@ -484,13 +486,6 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        path.write_text("".join(f"{ln}\n" for ln in lines))
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:

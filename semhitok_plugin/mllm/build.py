@@ -7,14 +7,17 @@ into one directory that :func:`load_unified` (and ``from_pretrained``) read back
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..config import ConfigError
 from ..model import CheckpointMismatchError, SemHiTok, load_model
-from .model import SemHiTokQwen2ForCausalLM
+from .model import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM
 from .processor import SemHiTokQwenProcessor, add_image_markers
 
 
@@ -67,7 +70,10 @@ def load_unified(
     """Model and processor from a directory written by :func:`save_unified` (or a training
     checkpoint). The image tokenizer must be the one the model was built with: its codebooks are
     compared with the copies inside the model."""
+    check_unified_checkpoint(directory)
     model = SemHiTokQwen2ForCausalLM.from_pretrained(directory, torch_dtype=torch_dtype)
+    if is_deepspeed_zero3_enabled():
+        _load_codebook_buffers(model, Path(directory))
     processor = SemHiTokQwenProcessor.from_pretrained(directory, image_tokenizer)
     check_codebooks(model, processor.image_tokenizer)
     processor.image_tokenizer.to(device)
@@ -86,6 +92,36 @@ def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if key not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
     return DTYPES[key]
+
+
+def _load_codebook_buffers(model: SemHiTokQwen2ForCausalLM, directory: Path) -> None:
+    """transformers' ZeRO-3 loader (4.46) skips the buffers of modules without parameters of
+    their own (``ImageInputEmbedding``): read the frozen codebooks from the checkpoint files."""
+    names = {f"image_embed.{n}" for n, _ in model.image_embed.named_buffers(recurse=False)}
+    index = directory / "model.safetensors.index.json"
+    files = (
+        {json.loads(index.read_text())["weight_map"][n] for n in names}
+        if index.is_file()
+        else {"model.safetensors"}
+    )
+    with torch.no_grad():
+        for file in files:
+            with safe_open(directory / file, "pt") as f:
+                for name in names & set(f.keys()):
+                    model.get_buffer(name).copy_(f.get_tensor(name))
+
+
+def check_unified_checkpoint(directory: str | Path) -> None:
+    """Fail with a clear message unless ``directory`` holds a unified MLLM checkpoint."""
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{directory} is not a model folder: no config.json")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type != SemHiTokQwen2Config.model_type:
+        raise ConfigError(
+            f"{directory} holds a {model_type!r} model, not a unified MLLM "
+            f"({SemHiTokQwen2Config.model_type!r}); build one with build_unified/save_unified"
+        )
 
 
 def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) -> None:

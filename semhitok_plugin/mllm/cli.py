@@ -44,6 +44,13 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from .data import write_sample_jsonl
+
+    print(f"wrote {write_sample_jsonl(args.output)} (and the photos it names)")
+    return 0
+
+
 def _load(args: argparse.Namespace):
     return load_unified(
         args.model,
@@ -128,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("tiny-mllm"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_tiny)
+
+    p = sub.add_parser(
+        "sample-data", help="write a small mixed JSONL data set about the bundled photos"
+    )
+    p.add_argument("-o", "--output", type=Path, default=Path("qwen-data"))
+    p.set_defaults(fn=cmd_sample_data)
 
     def with_model(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("-m", "--model", required=True, help="unified MLLM directory")

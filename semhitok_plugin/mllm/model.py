@@ -26,7 +26,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..adapter import DualMLPAdapter
 from ..config import SemHiTokConfig
-from ..ids import TokenIdError, check_ids, split_ids
+from ..ids import TokenIdError, check_ids
 from ..model import SemHiTok
 
 IMAGE_START, IMAGE_END = "<|image_start|>", "<|image_end|>"
@@ -115,8 +115,15 @@ class ImageInputEmbedding(nn.Module):
         self.pixel_codes.copy_(pixel)
 
     def forward(self, flat_ids: torch.Tensor) -> torch.Tensor:
-        sem, pix = split_ids(flat_ids, self.codebook_size, self.sub_codebook_size)
-        return self.adapter(self.semantic_codes[sem], self.pixel_codes[sem, pix])
+        """Flat ids already in [0, K·m) (``embed`` clamps them): no range check here, since one
+        would read the ids back to the host on every forward step."""
+        sem = torch.div(flat_ids, self.sub_codebook_size, rounding_mode="floor")
+        pix = flat_ids.remainder(self.sub_codebook_size)
+        # the codebooks stay fp32 buffers when DeepSpeed casts the weights to bf16
+        dtype = self.adapter.semantic.fc1.weight.dtype
+        return self.adapter(
+            self.semantic_codes[sem].to(dtype), self.pixel_codes[sem, pix].to(dtype)
+        )
 
 
 class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):

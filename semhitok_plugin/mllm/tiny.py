@@ -82,12 +82,14 @@ def save_tiny_qwen(
 def save_tiny_unified(directory: str | Path, *, seed: int = 0) -> Path:
     """A tiny unified MLLM (tiny Qwen2 + the ``tiny`` SemHiTok preset) saved to ``directory``;
     the random Qwen2 it extends is kept under ``directory/qwen``."""
-    from ..model import load_model
+    from ..model import SemHiTok
+    from ..plugins import get_preset
     from .build import build_unified, save_unified
 
     directory = Path(directory)
     qwen = save_tiny_qwen(directory / "qwen", seed=seed)
-    model, processor = build_unified(qwen, load_model("tiny", seed=seed))
+    torch.manual_seed(seed)  # (by config, not by name: a folder called "tiny" may exist here)
+    model, processor = build_unified(qwen, SemHiTok(get_preset("tiny")).eval())
     return save_unified(model, processor, directory)
 
 

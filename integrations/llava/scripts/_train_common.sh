@@ -18,6 +18,8 @@
 # --mm_vision_select_layer -2 is kept from upstream for parity; the SemHiTok tower ignores it.
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# the DeepSpeed ZeRO configs ship with the core package (shared with `semhitok-qwen train`)
+ZERO_DIR="$(cd "$HERE/../../../semhitok_plugin/configs/deepspeed" && pwd)"
 SCRIPT_NAME=$(basename "$0")
 die() { echo "$SCRIPT_NAME: error: $*" >&2; exit 1; }
 
@@ -36,7 +38,7 @@ launch() {
     local zero=$1
     shift
     deepspeed "${DS_LAUNCH[@]}" --module semhitok_llava.train \
-        --deepspeed "$HERE/$zero" \
+        --deepspeed "$ZERO_DIR/$zero" \
         --attn_implementation "$ATTN" \
         --model_name_or_path "$LLM" \
         --vision_tower "semhitok:$SEMHITOK" \

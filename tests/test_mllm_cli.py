@@ -1,0 +1,69 @@
+"""The ``semhitok-qwen`` command line, in process, on a tiny random model and real photos."""
+
+import pytest
+import torch
+from PIL import Image
+
+from semhitok_plugin.cli import read_tokens
+from semhitok_plugin.mllm import load_unified
+from semhitok_plugin.mllm.cli import main
+from semhitok_plugin.mllm.generation import chat, generate_image
+from semhitok_plugin.mllm.tiny import save_tiny_qwen, save_tiny_unified
+from semhitok_plugin.samples import sample_photo
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_unified(tmp_path_factory.mktemp("mllm"))
+
+
+def test_init_extends_a_qwen_checkpoint(tmp_path, capsys):
+    qwen = save_tiny_qwen(tmp_path / "qwen")
+    assert (
+        main(["init", "--qwen", str(qwen), "--tokenizer", "tiny", "-o", str(tmp_path / "m")]) == 0
+    )
+    assert "+ 256 image ids" in capsys.readouterr().out
+    model, processor = load_unified(tmp_path / "m")
+    assert model.image_vocab.size == processor.image_tokenizer.vocab_size == 256
+
+
+def test_generate_writes_the_sampled_images_and_their_ids(model_dir, tmp_path):
+    out = tmp_path / "gen"
+    prompts = ["a photo of a cat", "a rocket"]
+    assert main(["generate", "-m", str(model_dir), *prompts, "--seed", "5", "-o", str(out)]) == 0
+    model, processor = load_unified(model_dir)
+    ids, names = read_tokens(out / "tokens.npz", processor.image_tokenizer)
+    expected = generate_image(model, processor, prompts, seed=5, decode=False).ids
+    assert torch.equal(ids, expected)  # one batch of two prompts, seed 5, default CFG 4
+    assert names == ["000.png", "001.png"]
+    for name in names:
+        assert Image.open(out / name).size == (64, 64)
+    assert (out / "grid.png").is_file()
+
+
+def test_chat_prints_the_greedy_answer(model_dir, tmp_path, capsys):
+    photo = tmp_path / "cat.png"
+    sample_photo("chelsea").save(photo)
+    args = ["chat", "-m", str(model_dir), "--image", str(photo), "What is it?"]
+    assert main([*args, "--max-new-tokens", "6"]) == 0
+    model, processor = load_unified(model_dir)
+    conversation = [[{"role": "user", "content": "<image>\nWhat is it?"}]]
+    (expected,) = chat(model, processor, conversation, [[photo]], max_new_tokens=6)
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dtype", "float8"], "unknown dtype 'float8'"),
+        (["--image", "missing.png"], "missing.png"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(model_dir, args, message, capsys):
+    assert main(["chat", "-m", str(model_dir), *args, "hi"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path, capsys):
+    assert main(["generate", "-m", str(tmp_path), "a cat"]) == 2
+    assert f"{tmp_path} is not a model folder: no config.json" in capsys.readouterr().err
