@@ -168,6 +168,21 @@ def test_save_then_from_pretrained_reproduces_logits_exactly(unified, tmp_path):
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
 
 
+def test_a_bfloat16_load_keeps_fp32_codebooks_and_close_logits(world, unified):
+    model, processor = unified
+    half, _ = load_unified(world, torch_dtype="bfloat16")
+    assert half.dtype == torch.bfloat16
+    assert half.image_embed.semantic_codes.dtype == torch.float32
+    torch.testing.assert_close(half.image_embed.pixel_codes, model.image_embed.pixel_codes)
+    ids = torch.tensor([processor.tokenize_chat(VQA, [sample_photo("rocket")])[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            half(ids).logits.float(), model(ids).logits, atol=0.05, rtol=0.05
+        )
+    out = generate_image(half, processor, "a cat", seed=0, decode=False)
+    assert out.ids.shape == (1, 8, 8) and out.ids.max() < half.image_vocab.size
+
+
 def test_a_different_semhitok_model_is_refused(world):
     with pytest.raises(CheckpointMismatchError, match="semantic codebook differs"):
         load_unified(world, image_tokenizer=load_model("tiny", seed=1))

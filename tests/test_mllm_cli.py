@@ -17,13 +17,18 @@ def model_dir(tmp_path_factory):
     return save_tiny_unified(tmp_path_factory.mktemp("mllm"))
 
 
-def test_init_extends_a_qwen_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_init_extends_a_qwen_checkpoint(tmp_path, capsys, dtype):
     qwen = save_tiny_qwen(tmp_path / "qwen")
+    out = tmp_path / "m"
+    name = str(dtype).removeprefix("torch.")
     assert (
-        main(["init", "--qwen", str(qwen), "--tokenizer", "tiny", "-o", str(tmp_path / "m")]) == 0
+        main(["init", "--qwen", str(qwen), "--tokenizer", "tiny", "--dtype", name, "-o", str(out)])
+        == 0
     )
     assert "+ 256 image ids" in capsys.readouterr().out
-    model, processor = load_unified(tmp_path / "m")
+    model, processor = load_unified(out, torch_dtype="auto")  # checks codebooks vs semhitok/
+    assert model.dtype == dtype and model.image_embed.semantic_codes.dtype == torch.float32
     assert model.image_vocab.size == processor.image_tokenizer.vocab_size == 256
 
 

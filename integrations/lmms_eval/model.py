@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from semhitok_plugin.mllm import IMAGE_PLACEHOLDER, load_unified
-from semhitok_plugin.mllm.build import torch_dtype
+from semhitok_plugin.mllm.build import parse_dtype
 from semhitok_plugin.mllm.generation import TextOnly
 
 from .generation import StopOnStrings, split_generation_kwargs, truncate_at
@@ -40,7 +40,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on CUDA, float32 elsewhere."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch_dtype(dtype)  # ConfigError (a ValueError) names an unknown one
+    return parse_dtype(dtype)  # ConfigError (a ValueError) names an unknown one
 
 
 def with_placeholders(context: str, num_images: int) -> str:

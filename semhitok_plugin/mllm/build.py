@@ -27,11 +27,11 @@ def build_unified(
     *,
     semantic_fraction: float = 0.5,
     unconditional_prompt: str = "",
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
     """Extend a Qwen2/Qwen2.5 checkpoint (hub id or directory) by SemHiTok's image vocabulary."""
     tokenizer = AutoTokenizer.from_pretrained(qwen)
-    lm = AutoModelForCausalLM.from_pretrained(qwen, torch_dtype=torch_dtype)
+    lm = AutoModelForCausalLM.from_pretrained(qwen, torch_dtype=parse_dtype(torch_dtype))
     if not isinstance(lm, Qwen2ForCausalLM):
         raise ValueError(f"{qwen} is a {type(lm).__name__}, not a Qwen2/Qwen2.5 causal LM")
     if isinstance(image_tokenizer, str):
@@ -65,13 +65,15 @@ def load_unified(
     *,
     image_tokenizer: str | SemHiTok | None = None,
     device: str | torch.device = "cpu",
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
     """Model and processor from a directory written by :func:`save_unified` (or a training
     checkpoint). The image tokenizer must be the one the model was built with: its codebooks are
     compared with the copies inside the model."""
     check_unified_checkpoint(directory)
-    model = SemHiTokQwen2ForCausalLM.from_pretrained(directory, torch_dtype=torch_dtype)
+    model = SemHiTokQwen2ForCausalLM.from_pretrained(
+        directory, torch_dtype=parse_dtype(torch_dtype)
+    )
     if is_deepspeed_zero3_enabled():
         _load_codebook_buffers(model, Path(directory))
     processor = SemHiTokQwenProcessor.from_pretrained(directory, image_tokenizer)
@@ -83,9 +85,10 @@ def load_unified(
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """``torch.bfloat16`` for "bfloat16" (also "bf16", "fp16", "fp32"); None passes through."""
-    if name is None or isinstance(name, torch.dtype):
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
+    """``torch.bfloat16`` for "bfloat16" (also "bf16", "fp16", "fp32"); None and "auto" (the
+    checkpoint's own dtype, as transformers reads it) pass through."""
+    if name is None or name == "auto" or isinstance(name, torch.dtype):
         return name
     aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     key = aliases.get(name, name)
@@ -141,4 +144,4 @@ def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) 
             )
 
 
-__all__ = ["build_unified", "check_codebooks", "load_unified", "save_unified", "torch_dtype"]
+__all__ = ["build_unified", "check_codebooks", "load_unified", "parse_dtype", "save_unified"]

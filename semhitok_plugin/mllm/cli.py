@@ -17,7 +17,7 @@ import torch
 from ..cli import USER_ERRORS, _batches, _device, _write_tokens
 from ..images import ImageReadError
 from ..visualize import grid
-from .build import build_unified, load_unified, save_unified, torch_dtype
+from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
 from .tiny import save_tiny_unified
 
@@ -28,7 +28,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.tokenizer,
         semantic_fraction=args.semantic_fraction,
         unconditional_prompt=args.unconditional_prompt,
-        torch_dtype=torch_dtype(args.dtype),
+        torch_dtype=parse_dtype(args.dtype),
     )
     save_unified(model, processor, args.output)
     vocab = model.image_vocab
@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace):
         args.model,
         image_tokenizer=args.image_tokenizer,
         device=_device(args.device),
-        torch_dtype=torch_dtype(args.dtype),
+        torch_dtype=parse_dtype(args.dtype),
     )
 
 

@@ -94,9 +94,14 @@ class ImageInputEmbedding(nn.Module):
         super().__init__()
         sem, pix = tokenizer.semantic, tokenizer.pixel
         self.codebook_size, self.sub_codebook_size = sem.codebook_size, pix.sub_codebook_size
-        self.register_buffer("semantic_codes", torch.zeros(sem.codebook_size, sem.code_dim))
+        # fp32 whatever the model's dtype: the adapter reads them cast to its own dtype
+        codes = dict(dtype=torch.float32)
         self.register_buffer(
-            "pixel_codes", torch.zeros(sem.codebook_size, pix.sub_codebook_size, pix.code_dim)
+            "semantic_codes", torch.zeros(sem.codebook_size, sem.code_dim, **codes)
+        )
+        self.register_buffer(
+            "pixel_codes",
+            torch.zeros(sem.codebook_size, pix.sub_codebook_size, pix.code_dim, **codes),
         )
         self.adapter = DualMLPAdapter(sem.code_dim, pix.code_dim, hidden_size, semantic_fraction)
 
@@ -192,7 +197,12 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
             **base,
         )
         config._attn_implementation = qwen.config._attn_implementation
-        model = cls(config).to(qwen.dtype)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(qwen.dtype)  # built in the LM's dtype: no fp32 copy of a 7B
+        try:
+            model = cls(config)
+        finally:
+            torch.set_default_dtype(previous)
         model.image_embed.copy_codebooks(tokenizer)
         _copy_rows(model.model.embed_tokens.weight, qwen.get_input_embeddings().weight)
         _copy_rows(model.lm_head.weight[:text_vocab_size], qwen.get_output_embeddings().weight)
