@@ -20,8 +20,6 @@ casts the tower to when training with --bf16.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,7 @@ import types
 from pathlib import Path
 
 import torch
-from quantizer import machine_info  # sibling script: one machine record for all reports
+from quantizer import write_report  # sibling script: one machine record for all reports
 
 PRESETS = ("siglip-l16-256", "siglip-so400m14-384")
 CLIP = "clip-l14-336 (LLaVA)"
@@ -130,18 +128,8 @@ def main() -> None:
             f"{name:<32}{r['ms_per_image']:>10.1f}{r['images_per_s']:>10.2f}"
             f"{r['time_vs_clip']:>8.2f}x{r['visual_tokens']:>8}"
         )
-    machine = machine_info()
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
-    report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "parameters": {"device": device.type, "dtype": str(dtype), **vars(args), "out": str(out)},
-        "towers": rows,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    parameters = {"device": device.type, "dtype": str(dtype), **vars(args), "out": str(out)}
+    write_report(out, device, parameters, towers=rows)
 
 
 if __name__ == "__main__":

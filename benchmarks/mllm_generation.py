@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from quantizer import machine_info  # sibling script: one machine record for all reports
+from quantizer import write_report  # sibling script: one machine record for all reports
 
 from semhitok_plugin import SemHiTok, get_preset
 from semhitok_plugin.mllm import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM
@@ -163,18 +160,8 @@ def main() -> None:
         for name, r in rows.items():
             print(f"{name:<26}{r['tokens_per_s']:>10.1f}{r['speedup_vs_full_head']:>13.2f}x")
         del model, processor
-    machine = machine_info()
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
-    report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "parameters": {**vars(args), "dtype": str(dtype), "out": str(out), "top_k": 100},
-        "models": report_models,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    parameters = {**vars(args), "dtype": str(dtype), "out": str(out), "top_k": 100}
+    write_report(out, device, parameters, models=report_models)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,22 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def write_report(out: Path, device: torch.device, parameters: dict, **sections: Any) -> None:
+    """The JSON report of a device benchmark: date, machine (and GPU), parameters, results."""
+    machine = machine_info()
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "parameters": parameters,
+        **sections,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For each (ours, reference) pair: speed-up = ours tokens/s / reference tokens/s, and
     memory ratio = reference peak / ours peak (how many times less memory ours needs)."""

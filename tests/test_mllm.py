@@ -6,19 +6,21 @@ preset (64 × 4 = 256 image ids, 8 × 8 tokens per 64 px image); inputs are real
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from semhitok_plugin import CheckpointMismatchError, TokenIdError, load_model
+from semhitok_plugin import CheckpointMismatchError, SemHiTok, TokenIdError, get_preset, load_model
 from semhitok_plugin.mllm import (
     IGNORE_INDEX,
     IMAGE_END,
     IMAGE_START,
     ImageVocabulary,
     SemHiTokQwen2ForCausalLM,
+    build_unified,
     load_unified,
+    save_unified,
 )
 from semhitok_plugin.mllm.generation import chat, generate_image, sample_next
-from semhitok_plugin.mllm.tiny import save_tiny_unified
+from semhitok_plugin.mllm.tiny import save_tiny_qwen, save_tiny_unified
 from semhitok_plugin.samples import sample_photo
 
 VQA = [
@@ -82,9 +84,29 @@ def test_text_ids_and_text_logits_are_unchanged_by_the_extension(world, unified,
     text = "a photo of a cat on a red sofa"
     ids = original(text, return_tensors="pt").input_ids
     assert torch.equal(processor.tokenizer(text, return_tensors="pt").input_ids, ids)
-    n = qwen.config.vocab_size
+    n = len(original)  # the original tokens; the markers take the next (padding) rows
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits[..., :n], qwen(ids).logits)
+        torch.testing.assert_close(model(ids).logits[..., :n], qwen(ids).logits[..., :n])
+
+
+def test_marker_rows_start_at_the_mean_trained_row(unified, qwen):
+    model, processor = unified
+    markers = [processor.image_start_id, processor.image_end_id]
+    for mine, theirs in (
+        (model.model.embed_tokens.weight, qwen.get_input_embeddings().weight),
+        (model.lm_head.weight, qwen.get_output_embeddings().weight),
+    ):
+        expected = theirs[: min(markers)].mean(0).expand(2, -1)
+        torch.testing.assert_close(mine[markers], expected)
+
+
+def test_generate_knows_only_the_last_position_needs_logits(unified):
+    model, _ = unified
+    assert model._supports_num_logits_to_keep()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        last = model(ids, num_logits_to_keep=1).logits
+        torch.testing.assert_close(last, model(ids).logits[:, -1:])
 
 
 def test_markers_are_single_special_tokens_below_the_image_range(unified):
@@ -93,6 +115,21 @@ def test_markers_are_single_special_tokens_below_the_image_range(unified):
         ids = processor.tokenizer(marker, add_special_tokens=False).input_ids
         assert len(ids) == 1 and ids[0] < model.config.text_vocab_size
         assert expected is None or ids[0] == expected
+
+
+def test_turns_end_at_im_end_even_for_a_base_qwen(tmp_path):
+    """A base Qwen2.5's eos is <|endoftext|>; the chat template ends turns with <|im_end|>."""
+    qwen = save_tiny_qwen(tmp_path / "qwen")
+    tokenizer = AutoTokenizer.from_pretrained(qwen)
+    tokenizer.eos_token = "<|endoftext|>"
+    tokenizer.save_pretrained(qwen)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id).save_pretrained(qwen)
+    torch.manual_seed(0)
+    model, processor = build_unified(qwen, SemHiTok(get_preset("tiny")))
+    save_unified(model, processor, tmp_path / "mllm")
+    reloaded, _ = load_unified(tmp_path / "mllm")
+    expected = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert sorted(reloaded.generation_config.eos_token_id) == sorted(expected)
 
 
 # -- image inputs ---------------------------------------------------------------------------------

@@ -288,8 +288,22 @@ def test_invalid_lines_name_file_and_line(tmp_path):
         json.dumps({"messages": [{"role": "user", "content": "hi"}]}): "no assistant turn",
         json.dumps({"messages": [{"role": "bot", "content": "hi"}]}): "role",
         json.dumps(
-            {"messages": [{"role": "assistant", "content": "<image>"}], "images": []}
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>"},
+                    {"role": "assistant", "content": "a"},
+                ],
+                "images": [],
+            }
         ): "1 <image> placeholders but 0 images",
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": "hi"},
+                ]
+            }
+        ): "opens with an assistant turn",
         json.dumps({"text": "a", "images": []}): "text sample",
     }
     for line, message in cases.items():

@@ -100,7 +100,12 @@ class SemHiTokQwen(lmms):
         (upstream passes both as keywords, so naming one twice is a TypeError there)."""
         from lmms_eval.utils import simple_parse_args_string
 
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        # max_batch_size comes from the CLI, not from the user's --model_args: not "ignored"
+        extra = {
+            k: v
+            for k, v in (additional_config or {}).items()
+            if v is not None and k != "max_batch_size"
+        }
         return cls(**{**extra, **simple_parse_args_string(arg_string)})
 
     def _bind_device(self, device: str | None) -> torch.device:

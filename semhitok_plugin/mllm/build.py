@@ -7,12 +7,13 @@ into one directory that :func:`load_unified` (and ``from_pretrained``) read back
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2ForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..config import ConfigError
@@ -48,7 +49,20 @@ def build_unified(
         semantic_fraction=semantic_fraction,
         unconditional_prompt=unconditional_prompt,
     )
+    model.generation_config = _generation_config(lm, tokenizer)
     return model, SemHiTokQwenProcessor(tokenizer, image_tokenizer, model.config)
+
+
+def _generation_config(lm: Qwen2ForCausalLM, tokenizer) -> GenerationConfig:
+    """Qwen's own generation defaults, ending at the chat template's end of turn as well: a base
+    Qwen2.5's eos is ``<|endoftext|>`` while every assistant turn ends with ``<|im_end|>``."""
+    config = copy.deepcopy(lm.generation_config)
+    eos = config.eos_token_id
+    eos = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
+    if "<|im_end|>" in tokenizer.get_vocab():
+        eos.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    config.eos_token_id = sorted(eos)
+    return config
 
 
 def save_unified(
@@ -79,7 +93,9 @@ def load_unified(
     processor = SemHiTokQwenProcessor.from_pretrained(directory, image_tokenizer)
     check_codebooks(model, processor.image_tokenizer)
     processor.image_tokenizer.to(device)
-    return model.to(device).eval(), processor
+    if not is_deepspeed_zero3_enabled():  # (DeepSpeed places the partitioned weights itself)
+        model.to(device)
+    return model.eval(), processor
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -137,7 +153,8 @@ def check_codebooks(model: SemHiTokQwen2ForCausalLM, image_tokenizer: SemHiTok) 
         ("pixel", embed.pixel_codes, pixel),
     ):
         theirs = theirs.to(mine)
-        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, atol=1e-3):
+        # unit-norm codes: a bf16 round trip moves them by up to 2e-3, another tokenizer by ~1
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, atol=4e-3):
             raise CheckpointMismatchError(
                 f"the SemHiTok model's {name} codebook differs from the one this MLLM was built "
                 "with: its image ids would mean other images"

@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="extend a Qwen2/Qwen2.5 checkpoint by SemHiTok's image ids")
     p.add_argument("--qwen", required=True, help="Qwen2/Qwen2.5 hub id or directory")
-    p.add_argument("--tokenizer", default="tiny", help="SemHiTok preset, directory or hub id")
+    p.add_argument(
+        "--tokenizer", required=True, help="trained SemHiTok directory or hub id (or a preset)"
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument(
         "--semantic-fraction",

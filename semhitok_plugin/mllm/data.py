@@ -125,6 +125,8 @@ def _check_messages(messages: object, where: str) -> None:
             )
     if not any(m["role"] == "assistant" for m in messages):
         raise DataFormatError(f"{where}: no assistant turn, so nothing to learn")
+    if messages[0]["role"] == "assistant":
+        raise DataFormatError(f"{where}: the conversation opens with an assistant turn")
 
 
 # -- the dataset -----------------------------------------------------------------------------------

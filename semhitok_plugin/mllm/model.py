@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..adapter import DualMLPAdapter
@@ -124,7 +125,8 @@ class ImageInputEmbedding(nn.Module):
         would read the ids back to the host on every forward step."""
         sem = torch.div(flat_ids, self.sub_codebook_size, rounding_mode="floor")
         pix = flat_ids.remainder(self.sub_codebook_size)
-        # the codebooks stay fp32 buffers when DeepSpeed casts the weights to bf16
+        # the codebooks are fp32 buffers (bf16 after a plain model.to(bf16)): read them in the
+        # adapter's dtype, which DeepSpeed's bf16 cast changes without touching buffers
         dtype = self.adapter.semantic.fc1.weight.dtype
         return self.adapter(
             self.semantic_codes[sem].to(dtype), self.pixel_codes[sem, pix].to(dtype)
@@ -155,17 +157,51 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
         # computed for every position (no host sync); the adapter is tiny next to the LLM
         return torch.where(image[..., None], self.image_embed(flat).to(text.dtype), text)
 
-    def forward(self, input_ids: torch.LongTensor | None = None, **kwargs):
-        """As Qwen2's, with image ids embedded through the adapter."""
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,
+        num_logits_to_keep: int = 0,
+        **kwargs,
+    ):
+        """Qwen2's forward, with image ids embedded through the adapter. The signature is
+        Qwen2's own (transformers 4.46 ``Qwen2ForCausalLM.forward``) so that ``generate`` sees
+        ``num_logits_to_keep`` and computes the head for the last position only."""
         if input_ids is not None:
-            kwargs["inputs_embeds"] = self.embed(input_ids)
-        return super().forward(input_ids=None, **kwargs)
+            inputs_embeds = self.embed(input_ids)
+        return super().forward(
+            input_ids=None,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            cache_position=cache_position,
+            num_logits_to_keep=num_logits_to_keep,
+            **kwargs,
+        )
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the image ids only (B, ..., K·m): the head's image slice, used while an
-        image is generated (the text rows cannot be sampled there)."""
-        start = self.image_vocab.offset
-        return F.linear(hidden, self.lm_head.weight[start : start + self.image_vocab.size])
+        image is generated (the text rows cannot be sampled there). Under DeepSpeed ZeRO-3 the
+        head's weight exists only inside its own forward, so the whole head runs there."""
+        rows = slice(self.image_vocab.offset, self.image_vocab.offset + self.image_vocab.size)
+        if is_deepspeed_zero3_enabled():
+            return self.lm_head(hidden)[..., rows]
+        return F.linear(hidden, self.lm_head.weight[rows])
 
     @classmethod
     def from_qwen(
@@ -178,8 +214,9 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
         unconditional_prompt: str = "",
     ) -> SemHiTokQwen2ForCausalLM:
         """Extend a loaded Qwen2 LM (whose tokenizer already holds the two markers) by the image
-        vocabulary of ``tokenizer``. Text rows keep their weights; new text rows (markers) start
-        at the mean text embedding; image rows of the head start like a fresh Linear's."""
+        vocabulary of ``tokenizer``. Text rows keep their weights; the marker rows (new tokens,
+        or untrained padding rows of Qwen's table) start at the mean of the trained rows before
+        them, in the table and in the head; image rows of the head start like a fresh Linear's."""
         base = qwen.config.to_dict()
         for key in ("model_type", "architectures", "auto_map", "transformers_version"):
             base.pop(key, None)
@@ -204,8 +241,11 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
         finally:
             torch.set_default_dtype(previous)
         model.image_embed.copy_codebooks(tokenizer)
-        _copy_rows(model.model.embed_tokens.weight, qwen.get_input_embeddings().weight)
-        _copy_rows(model.lm_head.weight[:text_vocab_size], qwen.get_output_embeddings().weight)
+        for target, source in (
+            (model.model.embed_tokens.weight, qwen.get_input_embeddings().weight),
+            (model.lm_head.weight[:text_vocab_size], qwen.get_output_embeddings().weight),
+        ):
+            _copy_rows(target, source, marker_ids)
         state = {k: v for k, v in qwen.model.state_dict().items() if "embed_tokens" not in k}
         missing, unexpected = model.model.load_state_dict(state, strict=False)
         if missing != ["embed_tokens.weight"] or unexpected:
@@ -214,11 +254,14 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
 
 
 @torch.no_grad()
-def _copy_rows(target: torch.Tensor, source: torch.Tensor) -> None:
+def _copy_rows(target: torch.Tensor, source: torch.Tensor, marker_ids: tuple[int, int]) -> None:
+    """``source``'s rows into ``target``; rows it lacks and the marker rows get the mean of the
+    rows before the first marker (the tokens Qwen was trained with)."""
     n = min(len(target), len(source))
     target[:n] = source[:n]
-    if len(target) > n:
-        target[n:] = source[:n].mean(0)
+    mean = source[: min(marker_ids)].mean(0)
+    target[n:] = mean
+    target[list(marker_ids)] = mean
 
 
 AutoConfig.register(SemHiTokQwen2Config.model_type, SemHiTokQwen2Config)

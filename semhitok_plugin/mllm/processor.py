@@ -139,6 +139,8 @@ class SemHiTokQwenProcessor:
 
         Assistant spans are found by rendering the template on growing prefixes of the
         conversation, so any chat template that renders prefixes consistently works."""
+        if messages and messages[0]["role"] == "assistant":
+            raise ValueError("a conversation cannot open with an assistant turn")
         text = self.chat_text(messages, add_generation_prompt)
         spans, start = [], 0  # (start, end, trained) character spans of ``text``
         for i, message in enumerate(messages):

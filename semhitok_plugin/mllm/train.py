@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -81,16 +82,39 @@ def load_stage_config(stage: str, override: str | Path | None = None) -> StageCo
 
 
 # -- the trainer -----------------------------------------------------------------------------------
+LOSS_CHUNK = 512  # positions per cross-entropy chunk
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position next-token cross-entropy (0 where unlabelled) and its targets."""
+    """Per-position next-token cross-entropy (0 where unlabelled) and its targets.
+
+    Computed in fp32 over chunks of positions, each recomputed in backward (checkpointing):
+    only one chunk's fp32 log-softmax over the 348,544-entry vocabulary exists at a time,
+    instead of a float copy of all the logits kept for backward (23 GB at 8 × 2048 tokens)."""
     targets = labels[:, 1:]
+    logits = logits[:, :-1]
+    pieces = [
+        checkpoint(
+            _cross_entropy,
+            logits[:, s : s + LOSS_CHUNK],
+            targets[:, s : s + LOSS_CHUNK],
+            use_reentrant=False,
+        )
+        if logits.requires_grad
+        else _cross_entropy(logits[:, s : s + LOSS_CHUNK], targets[:, s : s + LOSS_CHUNK])
+        for s in range(0, targets.shape[1], LOSS_CHUNK)
+    ]
+    return torch.cat(pieces, dim=1), targets
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     losses = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
+        logits.flatten(0, 1).float(),
         targets.flatten(),
         ignore_index=IGNORE_INDEX,
         reduction="none",
     )
-    return losses.view_as(targets), targets
+    return losses.view_as(targets)
 
 
 class UnifiedTrainer(Trainer):
