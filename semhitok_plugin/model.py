@@ -246,13 +246,19 @@ class SemHiTok(nn.Module):
         ]
         model = cls(SemHiTokConfig.load(files[0]), load_teacher_weights=False)
         state = load_file(str(files[1]), device=map_location)
-        _check_state_dict(model, state, files[1])
+        check_state_dict(model, state, files[1])
         model.load_state_dict(state)
         model.name_or_path = str(spec)
         return model.eval()
 
 
-def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def check_state_dict(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: Path | str,
+    architecture: str = "its config.json",
+) -> None:
+    """Raise :class:`CheckpointMismatchError` naming missing, unexpected and misshapen tensors."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -273,7 +279,7 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             parts.append(f"{label}: {'; '.join(items[:5])}{more}")
     raise CheckpointMismatchError(
-        f"weights in {source} do not match the architecture of its config.json — "
+        f"weights in {source} do not match the architecture of {architecture} — "
         + " | ".join(parts)
     )
 
@@ -325,6 +331,7 @@ __all__ = [
     "CheckpointMismatchError",
     "SemHiTok",
     "TokenizerOutput",
+    "check_state_dict",
     "load_model",
     "resolve_config",
 ]

@@ -348,5 +348,5 @@ def test_training_refuses_a_transformers_version_known_to_break(monkeypatch):
 
 
 def test_activate_names_the_installed_integrations():
-    with pytest.raises(ConfigError, match="known: llava"):
+    with pytest.raises(ConfigError, match="known: llamagen, llava"):
         activate("no-such-framework")

@@ -1,0 +1,36 @@
+"""Run a LlamaGen script with SemHiTok registered: ``python -m semhitok_llamagen.run SCRIPT ARGS``.
+
+From the root of a LlamaGen checkout (LlamaGen imports its packages from there)::
+
+    torchrun --nproc_per_node 8 -m semhitok_llamagen.run autoregressive/train/train_c2i.py ...
+    python -m semhitok_llamagen.run autoregressive/sample/sample_c2i.py --vq-model SemHiTok-16 ...
+
+The script runs unchanged as ``__main__`` after :func:`~semhitok_llamagen.register.register`
+has added the SemHiTok entries to ``VQ_models``.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+from .register import register
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    script, *args = argv
+    if not os.path.isfile(script):
+        sys.exit(f"error: no LlamaGen script {script!r} (run from the LlamaGen checkout's root)")
+    sys.path.insert(0, os.getcwd())  # LlamaGen's `from tokenizer... / autoregressive...` imports
+    register()
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
