@@ -162,14 +162,16 @@ def test_the_launcher_runs_a_script_with_semhitok_registered(llamagen_root, tmp_
             parser = argparse.ArgumentParser()
             parser.add_argument("--vq-model", choices=list(VQ_models.keys()))
             parser.add_argument("--codebook-size", type=int)
+            parser.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
             args = parser.parse_args()
             model = VQ_models[args.vq_model](codebook_size=args.codebook_size, codebook_embed_dim=8)
-            print(type(model).__name__, model.codebook_size)
+            print(type(model).__name__, model.codebook_size, args.downsample_size)
             """
         )
     )
     env = {**os.environ, "SEMHITOK_LLAMAGEN_MODELS": "tiny-tok=tiny"}
-    sample_args = ["--vq-model", "tiny-tok", "--codebook-size", "256"]
+    # --downsample-size 14 (the 384 px preset's /14 teacher) is outside LlamaGen's choices
+    sample_args = ["--vq-model", "tiny-tok", "--codebook-size", "256", "--downsample-size", "14"]
     out = subprocess.run(
         [sys.executable, "-m", "semhitok_llamagen.run", str(script), *sample_args],
         capture_output=True,
@@ -177,4 +179,4 @@ def test_the_launcher_runs_a_script_with_semhitok_registered(llamagen_root, tmp_
         cwd=llamagen_root,
         env=env,
     )
-    assert out.stdout.strip() == "SemHiTokVQModel 256", out.stderr[-2000:]
+    assert out.stdout.strip() == "SemHiTokVQModel 256 14", out.stderr[-2000:]

@@ -6,7 +6,8 @@ From the root of a LlamaGen checkout (LlamaGen imports its packages from there):
     python -m semhitok_llamagen.run autoregressive/sample/sample_c2i.py --vq-model SemHiTok-16 ...
 
 The script runs unchanged as ``__main__`` after :func:`~semhitok_llamagen.register.register`
-has added the SemHiTok entries to ``VQ_models``.
+has added the SemHiTok entries to ``VQ_models`` and the shims of :mod:`.compat` are in place
+(int64 codes from int32 files, the real dataset length, ``--downsample-size 14``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import runpy
 import sys
 
+from .compat import patch_code_dataset, relax_grid_choices
 from .register import register
 
 
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: no LlamaGen script {script!r} (run from the LlamaGen checkout's root)")
     sys.path.insert(0, os.getcwd())  # LlamaGen's `from tokenizer... / autoregressive...` imports
     register()
+    relax_grid_choices()
+    patch_code_dataset()
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
 
