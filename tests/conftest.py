@@ -4,6 +4,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -45,3 +46,42 @@ def run_cli():
         )
 
     return run
+
+
+LLAMAGEN = os.environ.get("LLAMAGEN_PATH")  # a LlamaGen checkout: the LlamaGen tests use it
+
+# Stand-ins at LlamaGen's import paths, for machines without a checkout: only what our code
+# touches (FoundationVision/LlamaGen tokenizer/tokenizer_image/vq_model.py: the module-level
+# VQ_models dict; dataset/build.py: build_dataset dispatching to build_imagenet_code).
+LLAMAGEN_STAND_INS = {
+    "tokenizer/__init__.py": "",
+    "tokenizer/tokenizer_image/__init__.py": "",
+    "tokenizer/tokenizer_image/vq_model.py": "VQ_models = {'VQ-16': None, 'VQ-8': None}\n",
+    "dataset/__init__.py": "",
+    "dataset/imagenet.py": """
+        def build_imagenet_code(args):
+            raise RuntimeError("LlamaGen's own reader: ImageNet-1k length, file dtype kept")
+        """,
+    "dataset/build.py": """
+        from dataset.imagenet import build_imagenet_code
+        def build_dataset(args, **kwargs):
+            if args.dataset == "imagenet_code":
+                return build_imagenet_code(args)
+            raise ValueError(args.dataset)
+        """,
+}
+
+
+@pytest.fixture
+def llamagen_root(tmp_path, monkeypatch):
+    """A LlamaGen checkout ($LLAMAGEN_PATH) or the stand-ins, importable and fresh."""
+    root = LLAMAGEN or str(tmp_path / "llamagen")
+    if not LLAMAGEN:
+        for name, text in LLAMAGEN_STAND_INS.items():
+            path = tmp_path / "llamagen" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(root)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("tokenizer", "dataset")]:
+        monkeypatch.delitem(sys.modules, name)
+    return root

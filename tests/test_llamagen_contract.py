@@ -2,9 +2,9 @@
 
 Each test repeats what a LlamaGen script does with its tokenizer (FoundationVision/LlamaGen,
 file named in the test) and checks the result. LlamaGen is not on PyPI: with
-``LLAMAGEN_PATH=/path/to/LlamaGen`` the registration tests run against that checkout's real
-``tokenizer/tokenizer_image/vq_model.py``; without it they use a stand-in module at the same
-import path holding, like LlamaGen's, a module-level ``VQ_models`` dict.
+``LLAMAGEN_PATH=/path/to/LlamaGen`` the registration tests run against that checkout (the
+``llamagen_root`` fixture in conftest.py); without it, against stand-in modules at LlamaGen's
+import paths.
 """
 
 import os
@@ -14,13 +14,12 @@ import textwrap
 
 import pytest
 import torch
+from conftest import LLAMAGEN
 
 from semhitok_llamagen import LlamaGenNotFoundError, SemHiTokVQModel, register, vq_model_factory
 from semhitok_llamagen.export import export
 from semhitok_plugin import CheckpointMismatchError, SemHiTok, TokenIdError, get_preset
 from semhitok_plugin.plugins import activate
-
-LLAMAGEN = os.environ.get("LLAMAGEN_PATH")
 
 
 @pytest.fixture(scope="module")
@@ -108,24 +107,6 @@ def test_factory_explains_the_right_codebook_size():
 
 
 # -- registration ---------------------------------------------------------------------------------
-@pytest.fixture
-def llamagen_root(tmp_path, monkeypatch):
-    """A real LlamaGen checkout ($LLAMAGEN_PATH) or a stand-in module at its import path."""
-    if LLAMAGEN:
-        root = LLAMAGEN
-    else:
-        package = tmp_path / "tokenizer" / "tokenizer_image"
-        package.mkdir(parents=True)
-        for folder in (package.parent, package):
-            (folder / "__init__.py").write_text("")
-        (package / "vq_model.py").write_text("VQ_models = {'VQ-16': None, 'VQ-8': None}\n")
-        root = str(tmp_path)
-    monkeypatch.syspath_prepend(root)
-    for name in [m for m in sys.modules if m == "tokenizer" or m.startswith("tokenizer.")]:
-        monkeypatch.delitem(sys.modules, name)
-    return root
-
-
 def test_register_adds_the_presets_to_llamagens_vq_models(llamagen_root, monkeypatch):
     monkeypatch.setenv("SEMHITOK_LLAMAGEN_MODELS", "my-tok=tiny")
     added = register()

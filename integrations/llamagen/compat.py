@@ -2,13 +2,13 @@
 
 Each shim answers one measured mismatch (FoundationVision/LlamaGen at 5a50452d):
 
-* **int32 code files.** Our extractor stores ids as int32 (196,607 > 65,535, and half the size
-  of int64); LlamaGen's ``dataset/imagenet.py`` ``CustomDataset.__getitem__`` returns the file's
-  dtype and ``autoregressive/models/gpt.py`` feeds it to ``F.cross_entropy`` as targets, which
-  needs int64 ("expected target dtype to be Long"). The reader is wrapped to return int64.
-* **Dataset length.** ``CustomDataset`` lists ``range(1281167)`` files (ImageNet-1k train,
-  hard-coded); it is set to the number of code files actually present, so subsets and other
-  datasets train.
+* **int32 code files, dataset length.** Our extractor stores ids as int32 (196,607 > 65,535,
+  and half the size of int64); LlamaGen's ``dataset/imagenet.py`` ``CustomDataset`` returns the
+  file's dtype, which ``autoregressive/models/gpt.py`` feeds to ``F.cross_entropy`` as targets
+  (int64 only: "expected target dtype to be Long"), and lists ``range(1281167)`` files
+  (ImageNet-1k train, hard-coded). ``dataset.build.build_imagenet_code`` is pointed at
+  :func:`semhitok_llamagen.dataset.build_imagenet_code`: the same directories and read rule,
+  int64 out, the length read from disk.
 * **Grid choices.** Every script restricts ``--downsample-size`` to [8, 16] and ``--image-size``
   to a few sizes; the 384 px preset tokenizes with a /14 teacher (27 × 27 tokens), so those two
   options lose their ``choices`` (their types and defaults stay).
@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import os
+
+from .dataset import build_imagenet_code
 
 UNRESTRICTED = ("--downsample-size", "--image-size")
 
@@ -40,32 +41,15 @@ def relax_grid_choices() -> None:
     argparse._ActionsContainer.add_argument = add_argument
 
 
-def patch_code_dataset() -> bool:
-    """int64 codes and labels, and the real file count, from LlamaGen's ``CustomDataset``;
-    False when this LlamaGen has no ``dataset.imagenet`` (nothing to patch)."""
+def use_code_dataset() -> bool:
+    """Make LlamaGen's ``build_dataset`` build :class:`~semhitok_llamagen.dataset.CodeDataset`;
+    False when this LlamaGen has no ``dataset.build`` (nothing to swap)."""
     try:
-        module = importlib.import_module("dataset.imagenet")
+        build = importlib.import_module("dataset.build")
     except ImportError:
         return False
-    cls = module.CustomDataset
-    if getattr(cls, "_semhitok", False):
-        return True
-    init, getitem = cls.__init__, cls.__getitem__
-
-    @functools.wraps(init)
-    def __init__(self, feature_dir, label_dir):
-        init(self, feature_dir, label_dir)
-        count = sum(name.endswith(".npy") for name in os.listdir(feature_dir))
-        self.feature_files = [f"{i}.npy" for i in range(count)]
-        self.label_files = [f"{i}.npy" for i in range(count)]
-
-    @functools.wraps(getitem)
-    def __getitem__(self, index):
-        features, labels = getitem(self, index)
-        return features.long(), labels.long()
-
-    cls.__init__, cls.__getitem__, cls._semhitok = __init__, __getitem__, True
+    build.build_imagenet_code = build_imagenet_code
     return True
 
 
-__all__ = ["patch_code_dataset", "relax_grid_choices"]
+__all__ = ["relax_grid_choices", "use_code_dataset"]

@@ -16,7 +16,7 @@ import os
 import runpy
 import sys
 
-from .compat import patch_code_dataset, relax_grid_choices
+from .compat import relax_grid_choices, use_code_dataset
 from .register import register
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, os.getcwd())  # LlamaGen's `from tokenizer... / autoregressive...` imports
     register()
     relax_grid_choices()
-    patch_code_dataset()
+    use_code_dataset()
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
 
