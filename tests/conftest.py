@@ -57,6 +57,13 @@ LLAMAGEN_STAND_INS = {
     "tokenizer/__init__.py": "",
     "tokenizer/tokenizer_image/__init__.py": "",
     "tokenizer/tokenizer_image/vq_model.py": "VQ_models = {'VQ-16': None, 'VQ-8': None}\n",
+    "autoregressive/__init__.py": "",
+    "autoregressive/models/__init__.py": "",
+    "autoregressive/models/gpt.py": """
+        def GPT_B(**kwargs):
+            return {"vocab_size": 16384, **kwargs}  # gpt.py ModelArgs.vocab_size default
+        GPT_models = {"GPT-B": GPT_B}
+        """,
     "dataset/__init__.py": "",
     "dataset/imagenet.py": """
         def build_imagenet_code(args):
@@ -82,6 +89,8 @@ def llamagen_root(tmp_path, monkeypatch):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(root)
-    for name in [m for m in sys.modules if m.split(".")[0] in ("tokenizer", "dataset")]:
+    for name in [
+        m for m in sys.modules if m.split(".")[0] in ("tokenizer", "dataset", "autoregressive")
+    ]:
         monkeypatch.delitem(sys.modules, name)
     return root

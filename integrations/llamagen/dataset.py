@@ -4,7 +4,8 @@ Layout (FoundationVision/LlamaGen ``autoregressive/train/extract_codes_c2i.py`` 
 ``dataset/imagenet.py`` ``build_imagenet_code`` / ``CustomDataset`` read it)::
 
     CODE_PATH/imagenet{S}_codes/{i}.npy    (1, num_aug, h*w)  num_aug = 2 (image, h-flip) or 10
-    CODE_PATH/imagenet{S}_labels/{i}.npy   (1,) int64          (ten-crop: TenCrop's 5 + 5 flips)
+                                                              (ten-crop: TenCrop's 5 + 5 flips)
+    CODE_PATH/imagenet{S}_labels/{i}.npy   (1,) int64
 
 * ``imagenet`` is hard-coded in ``build_imagenet_code`` whatever ``--dataset`` the extractor got.
 * ``CustomDataset`` picks one augmentation per sample only when the *path* contains ``flip``
@@ -44,11 +45,12 @@ def code_dirs(code_path: str | Path, image_size: int) -> tuple[Path, Path]:
 
 def path_problems(code_path: str | Path, *, ten_crop: bool, crop_range: float) -> list[str]:
     """Why LlamaGen's ``CustomDataset`` would misread codes written under ``code_path``."""
-    name = Path(os.path.abspath(code_path)).name
+    path = os.path.abspath(code_path)
+    name = Path(path).name
     problems = []
-    if "flip" not in name:  # upstream tests the whole path as given; the name is what survives
+    if "flip" not in path:  # upstream tests the whole path (feature_dir) for the substring
         problems.append(
-            f"{code_path!r} has no 'flip' in its name: LlamaGen's CustomDataset picks one "
+            f"{code_path!r} has no 'flip' in it: LlamaGen's CustomDataset picks one "
             "augmentation per sample only for paths containing 'flip' (dataset/imagenet.py), "
             "otherwise it trains on all of them concatenated; name it like "
             "'.../imagenet_code_c2i_flip'"

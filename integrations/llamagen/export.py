@@ -28,13 +28,18 @@ def export(model_spec: str, output: Path) -> SemHiTokVQModel:
     return vq
 
 
-def llamagen_flags(vq: SemHiTokVQModel, name: str) -> str:
+def llamagen_flags(vq: SemHiTokVQModel, name: str, checkpoint: Path) -> dict[str, str]:
+    """The flags each kind of LlamaGen script needs for this tokenizer (argparse rejects the
+    others: only the trainers take --vocab-size, only the samplers the VQ flags)."""
     config = vq.tokenizer.config
-    return (
-        f"--vq-model {name} --codebook-size {vq.codebook_size} --vocab-size "
-        f"{vq.codebook_size} --image-size {config.image_size} --downsample-size "
-        f"{config.teacher.patch_size}"
-    )
+    grid = f"--image-size {config.image_size} --downsample-size {config.teacher.patch_size}"
+    return {
+        "train_c2i.py": f"--vocab-size {vq.codebook_size} {grid}",
+        "sample_c2i*.py": (
+            f"--vq-model {name} --vq-ckpt {checkpoint} --codebook-size {vq.codebook_size} "
+            f"--codebook-embed-dim {vq.embed_dim} {grid}"
+        ),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

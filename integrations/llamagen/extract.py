@@ -14,7 +14,8 @@ preprocessing, augmentations and files; see :mod:`semhitok_llamagen.dataset` for
 * files: ``{i}.npy`` codes ``(1, num_aug, h*w)`` and labels ``(1,)`` int64, ``i`` counting the
   readable images in ImageFolder order. Codes are int32 by default (SemHiTok ids exceed 16 bits;
   LlamaGen's own extractor writes int64): LlamaGen's ``train_c2i.py`` needs them as int64 before
-  its cross-entropy — use :class:`semhitok_llamagen.dataset.CodeDataset` or ``--dtype int64``.
+  its cross-entropy — ``semhitok_llamagen.run`` reads them through
+  :class:`semhitok_llamagen.dataset.CodeDataset`; ``--dtype int64`` needs no launcher.
 
 Unreadable images are skipped (and listed in ``imagenet{S}_skipped.txt``); the source of every
 written index goes to ``imagenet{S}_sources.txt``, which also makes a rerun resume where it
@@ -37,7 +38,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from semhitok_plugin import SemHiTok, load_model
-from semhitok_plugin.images import ImageReadError, load_image
+from semhitok_plugin.images import ImageReadError
 
 from .dataset import DATASET_PREFIX, code_dirs, path_problems
 
@@ -72,8 +73,19 @@ class LlamaGenTransform:  # a class, not a closure: DataLoader workers pickle it
         return torch.stack([self.to_tensor(c) for c in transforms.TenCrop(self.image_size)(img)])
 
 
+def load_as_imagefolder(path: str) -> Image.Image:
+    """torchvision ``ImageFolder``'s default loader (open, ``convert("RGB")``: no EXIF rotation,
+    no alpha compositing), so the codes are those of the pixels LlamaGen's extractor reads; an
+    undecodable file raises :class:`ImageReadError` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"cannot read image {path!r}: {err}") from err
+
+
 class SafeImages(Dataset):
-    """ImageFolder samples, loaded with :func:`load_image`; a bad file yields its error."""
+    """ImageFolder samples read as ImageFolder reads them; a bad file yields its error."""
 
     def __init__(self, samples: list[tuple[str, int]], transform) -> None:
         self.samples, self.transform = samples, transform
@@ -84,7 +96,7 @@ class SafeImages(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
-            return self.transform(load_image(path)), label, path, None
+            return self.transform(load_as_imagefolder(path)), label, path, None
         except ImageReadError as err:
             return None, label, path, str(err)
 

@@ -7,7 +7,8 @@ From the root of a LlamaGen checkout (LlamaGen imports its packages from there):
 
 The script runs unchanged as ``__main__`` after :func:`~semhitok_llamagen.register.register`
 has added the SemHiTok entries to ``VQ_models`` and the shims of :mod:`.compat` are in place
-(int64 codes from int32 files, the real dataset length, ``--downsample-size 14``).
+(int64 codes from int32 files, the real dataset length, ``--downsample-size 14``, the GPT's
+vocabulary from ``--codebook-size`` in the text-to-image samplers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import runpy
 import sys
 
-from .compat import relax_grid_choices, use_code_dataset
+from .compat import default_gpt_vocab, relax_grid_choices, use_code_dataset
 from .register import register
 
 
@@ -32,8 +33,21 @@ def main(argv: list[str] | None = None) -> None:
     register()
     relax_grid_choices()
     use_code_dataset()
+    if (vocab := flag_value(args, "--codebook-size")) is not None:
+        default_gpt_vocab(int(vocab))
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag V`` or ``--flag=V``), the last one winning."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 if __name__ == "__main__":
