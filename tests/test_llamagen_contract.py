@@ -18,6 +18,7 @@ from conftest import LLAMAGEN
 
 from semhitok_llamagen import LlamaGenNotFoundError, SemHiTokVQModel, register, vq_model_factory
 from semhitok_llamagen.export import export
+from semhitok_llamagen.export import main as export_main
 from semhitok_plugin import CheckpointMismatchError, SemHiTok, TokenIdError, get_preset
 from semhitok_plugin.plugins import activate
 
@@ -87,6 +88,22 @@ def test_exported_checkpoint_loads_strictly_as_the_scripts_load_it(vq, tmp_path,
     vq_model.eval()
     _, _, (_, _, indices) = vq.encode(photos)
     assert torch.equal(vq_model.decode_code(indices, [4, 8, 8, 8]), vq.decode_code(indices))
+
+
+def test_export_prints_flags_each_llamagen_script_accepts(vq, tmp_path, capsys):
+    vq.tokenizer.save_pretrained(tmp_path / "tok")
+    assert export_main(["--model", str(tmp_path / "tok"), "-o", str(tmp_path / "vq.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    grid = "--image-size 64 --downsample-size 8"
+    assert (
+        lines[1]
+        == f"name it for LlamaGen: export SEMHITOK_LLAMAGEN_MODELS=my-semhitok={tmp_path / 'tok'}"
+    )
+    assert lines[2] == f"train_c2i.py: --vocab-size 256 {grid}"
+    assert lines[3] == (
+        f"sample_c2i*.py: --vq-model my-semhitok --vq-ckpt {tmp_path / 'vq.pt'} "
+        f"--codebook-size 256 --codebook-embed-dim 12 {grid}"
+    )
 
 
 def test_a_checkpoint_that_does_not_fit_is_named(vq):

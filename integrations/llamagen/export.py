@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [
         n for n, p in VQ_PRESETS.items() if _architecture(get_preset(p)) == _architecture(config)
     ]
-    name = names[0] if names else f"<name>  (and SEMHITOK_LLAMAGEN_MODELS=<name>={args.model})"
-    print(
-        f"wrote {args.output}\nLlamaGen flags: {llamagen_flags(vq, name)} --vq-ckpt {args.output}"
-    )
+    name = names[0] if names else "my-semhitok"
+    print(f"wrote {args.output}")
+    if not names:
+        print(f"name it for LlamaGen: export SEMHITOK_LLAMAGEN_MODELS={name}={args.model}")
+    for script, flags in llamagen_flags(vq, name, args.output).items():
+        print(f"{script}: {flags}")
     return 0
 
 
