@@ -260,16 +260,23 @@ class SemHiTokQwen(lmms):
 
     @torch.no_grad()
     def _score(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(sum log p, is greedy) of each continuation given its prompt, one right-padded pass."""
+        """(sum log p, is greedy) of each continuation given its prompt, one right-padded pass.
+
+        The head runs only at the positions that predict the continuation: a prompt with an
+        image is hundreds of positions whose logits over the 348k-id vocabulary are unused."""
         batch = self.processor.pad([p + c for p, c in rows], "right")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        logits = self.model(**batch).logits.float()
+        hidden = self.model.model(
+            inputs_embeds=self.model.embed(batch["input_ids"]),
+            attention_mask=batch["attention_mask"],
+        ).last_hidden_state
         out = []
         for i, (prompt, cont) in enumerate(rows):
             at = slice(len(prompt) - 1, len(prompt) + len(cont) - 1)  # positions predicting cont
             target = torch.tensor(cont, device=self.device)
-            logprobs = logits[i, at].log_softmax(-1)
-            greedy = self.text_only(batch["input_ids"][i : i + 1], logits[i, at]).argmax(-1)
+            logits = self.model.lm_head(hidden[i, at]).float()
+            logprobs = logits.log_softmax(-1)
+            greedy = self.text_only(batch["input_ids"][i : i + 1], logits).argmax(-1)
             total = logprobs.gather(-1, target[:, None]).sum()
             out.append((float(total), bool((greedy == target).all())))
         return out
