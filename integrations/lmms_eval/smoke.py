@@ -5,7 +5,7 @@ scikit-image's bundled photos saved with ``datasets.save_to_disk``, and the loca
 then runs the stock lmms-eval CLI on them and prints its metric table. The scores are those of a
 random model; the run shows that every piece is wired (needs the ``samples`` extra)::
 
-    python -m semhitok_lmms_eval.smoke [--out smoke-lmms] [--model DIR] [--device cpu]
+    python -m semhitok_lmms_eval.smoke [--out outputs/smoke-lmms] [--model DIR] [--device cpu]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def offline_env() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m semhitok_lmms_eval.smoke")
-    parser.add_argument("--out", type=Path, default=Path("smoke-lmms"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/smoke-lmms"))
     parser.add_argument("--model", type=Path, help="a unified MLLM directory (default: tiny)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
