@@ -112,7 +112,8 @@ def generate_image(
         flat = sample_next(logits, generator, temperature, top_k, top_p)
         drawn.append(flat)
         if step + 1 < num_tokens:
-            inputs = vocab.to_tokens(flat.repeat(2 if guidance else 1))[:, None]
+            # drawn from the image slice, so in range: no checked to_tokens (a host sync a step)
+            inputs = (flat.repeat(2 if guidance else 1) + vocab.offset)[:, None]
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
             positions = positions[:, -1:] + 1
     ids = torch.stack(drawn, dim=1)
