@@ -41,6 +41,8 @@ KEY_METRICS = (
     "quantization_share",
     "ratio",
     "speedup",
+    "share_of_step",
+    "host_syncs",
 )
 MAX_SHOWN = 6
 # Achieved FLOP/s over ``ctx.peak_flops``, under either name the cases use.
@@ -80,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: [int(b) for b in _csv(s)],
         help="batch sizes for the model cases (default: per case)",
     )
+    parser.add_argument(
+        "--variants",
+        type=_csv,
+        help="train case: only these variants (e.g. plain,checkpointing,fused,+lpips; "
+        "plain is always measured, as every ratio's reference)",
+    )
     parser.add_argument("--out", type=Path, help="JSON report (default benchmarks/results/...)")
     parser.add_argument(
         "--plots", type=Path, default=Path("benchmarks/results/plots"), help="PNG directory"
@@ -112,6 +120,8 @@ def make_context(args: argparse.Namespace) -> Context:
     )
     if args.batches:
         ctx.extra["batches"] = tuple(args.batches)
+    if args.variants:
+        ctx.extra["variants"] = ("plain", *args.variants)
     return ctx
 
 

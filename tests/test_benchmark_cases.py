@@ -76,9 +76,16 @@ def test_train_rows(train_run, tmp_path):
         f"tiny/{stage}/{variant}"
         for stage in train.STAGES
         for variant in ("plain", "checkpointing", "foreach", "fused")
-        + (("+lpips",) if stage != "semantic" else ())
+        + (("+lpips", train.FROZEN_INPUTS) if stage != "semantic" else ())
     }
     assert set(rows) == expected  # no compile in quick mode on CPU
+    for stage in ("pixel", "decoder"):
+        part, plain = rows[f"tiny/{stage}/{train.FROZEN_INPUTS}"], rows[f"tiny/{stage}/plain"]
+        share = part.metrics["ms_per_image"] / plain.metrics["ms_per_image"]
+        assert part.metrics["share_of_step"] == pytest.approx(share)
+        assert part.reference == f"tiny/{stage}/plain"
+        assert "host_syncs" not in plain.metrics  # counted on CUDA only
+    rows = {k: v for k, v in rows.items() if not k.endswith(train.FROZEN_INPUTS)}
     for stage in train.STAGES:
         plain = rows[f"tiny/{stage}/plain"]
         batch = plain.params["batch"]
@@ -108,6 +115,14 @@ def test_train_rows(train_run, tmp_path):
     assert summary["pixel"]["images_per_s"] == rows["tiny/pixel/plain"].metrics["images_per_s"]
     lpips_rate = rows["tiny/pixel/+lpips"].metrics["images_per_s"]
     assert summary["pixel"]["images_per_s_lpips"] == lpips_rate
+
+
+def test_train_variants_filter_keeps_plain_as_the_reference():
+    from benchmarks.__main__ import make_context, parse_args
+
+    ctx = make_context(parse_args(["--quick", "--device", "cpu", "--variants", "fused,+lpips"]))
+    assert [v.name for v in train.variants(ctx, "pixel")] == ["plain", "fused", "+lpips"]
+    assert [v.name for v in train.variants(ctx, "semantic")] == ["plain", "fused"]
 
 
 def test_train_step_flops_count_the_trained_parts_three_times():

@@ -22,6 +22,17 @@ reported, every ratio against ``plain`` of the same stage:
 * ``+lpips`` (stages ``pixel`` and ``decoder``): plain plus the trainer's perceptual loss
   (LPIPS-VGG16, random trunk: same cost), which every real stage-2/3 step pays.
 
+Not a variant but a part, timed in the same rounds: ``frozen-inputs`` (stages ``pixel`` and
+``decoder``), the forward of everything upstream of the trained modules -- the semantic branch
+(teacher, projection, K-code search) in stage 2, the whole encoder (``model.encode``) in stage 3.
+Stage 2 never changes a semantic id and stage 3 no id at all, so with fixed crops these outputs
+could be computed once per image and cached; ``share_of_step`` (its time over ``plain``'s) is
+what such a cache would save. The paper recipes crop at random (a new crop every epoch), where a
+cache cannot hit, so the trainer has none; the row says what it would be worth.
+
+On CUDA the ``plain`` row also counts the host<->device synchronisations of one step
+(``torch.cuda.set_sync_debug_mode``): the step is meant to queue its work without waiting.
+
 Metrics: ``step_ms``, ``ms_per_image``, ``images_per_s``, ``peak_mib`` (what a step needs beyond
 the resident weights and optimizer state: see ``_harness.peak_mib``), ``speedup``
 (plain time / variant time) and ``memory_vs_plain``; with the limit case's peak, the achieved
@@ -35,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +59,7 @@ from ._harness import alternate, median, peak_mib, save_figure, tensor_mib, time
 NAME = "train"
 STAGES = ("semantic", "pixel", "decoder")
 PERCEPTUAL = ("pixel", "decoder")  # stages whose real step adds LPIPS
+FROZEN_INPUTS = "frozen-inputs"
 
 
 def batch_size(ctx: Context) -> int:
@@ -115,7 +128,8 @@ def variants(ctx: Context, stage: str) -> list[Variant]:
         out.append(Variant("compile", {}, compile=True))
     if stage in PERCEPTUAL:
         out.append(Variant("+lpips", {}, lpips=True))
-    return out
+    chosen = ctx.extra.get("variants")
+    return [v for v in out if v.name in chosen] if chosen else out
 
 
 _LPIPS: dict[str, nn.Module] = {}
@@ -167,6 +181,36 @@ class TrainStep:
         self.opt.zero_grad(set_to_none=True)
 
 
+class FrozenInputs:
+    """The forward upstream of ``stage``'s trained modules: what a per-image cache could replace."""
+
+    def __init__(self, model: nn.Module, stage: str, images: torch.Tensor, autocast) -> None:
+        self.model, self.stage, self.images, self.autocast = model, stage, images, autocast
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        m = self.model
+        with self.autocast():
+            if self.stage == "decoder":
+                m.encode(self.images)
+            else:  # the semantic branch of SemHiTok.forward, through its public submodules
+                m.semantic_codebook(m.semantic_proj(m.teacher(self.images)))
+
+
+def host_syncs(step, device: torch.device) -> int:
+    """Synchronisations one call of ``step`` makes (CUDA only; -1 elsewhere)."""
+    if device.type != "cuda":
+        return -1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def measure_stage(
     ctx: Context, preset: str, stage: str, model: nn.Module, chosen: list[Variant], repeats: int
 ) -> list[Row]:
@@ -197,8 +241,12 @@ def measure_stage(
             except Exception as err:  # no compiler toolchain, unsupported op: report and go on
                 print(f"train: {preset}/{stage}: torch.compile failed: {err}", file=sys.stderr)
                 del steps[v.name]
-    times = alternate(steps, repeats, ctx.device)
+    ops: dict = dict(steps)
+    if stage in PERCEPTUAL:
+        ops[FROZEN_INPUTS] = FrozenInputs(model, stage, images, steps["plain"].autocast)
+    times = alternate(ops, repeats, ctx.device)
     peaks = {name: peak_mib(step, ctx.device) for name, step in steps.items()}
+    syncs = host_syncs(steps["plain"], ctx.device)
     set_checkpointing(model, False)
     try:
         flops = step_flops(model, stage)
@@ -224,6 +272,8 @@ def measure_stage(
                 metrics["fraction_of_limit"] = flops * batch / step_s / ctx.peak_flops
         if name in compile_s:
             metrics["compile_s"] = max(compile_s[name] - step_s, 0.0)
+        if name == "plain" and syncs >= 0:
+            metrics["host_syncs"] = syncs
         if name != "plain":
             metrics["speedup"] = plain_s / step_s
             metrics["memory_vs_plain"] = peaks[name] / plain_mib if plain_mib > 0 else float("nan")
@@ -243,6 +293,25 @@ def measure_stage(
                 },
                 metrics=metrics,
                 reference=None if name == "plain" else f"{preset}/{stage}/plain",
+            )
+        )
+    if FROZEN_INPUTS in times:
+        part_s = median(times[FROZEN_INPUTS])
+        rows.append(
+            Row(
+                case=NAME,
+                name=f"{preset}/{stage}/{FROZEN_INPUTS}",
+                params={
+                    "preset": preset,
+                    "stage": stage,
+                    "variant": FROZEN_INPUTS,
+                    "batch": batch,
+                    "image_size": size,
+                    "device": str(ctx.device),
+                    "repeats": len(times[FROZEN_INPUTS]),
+                },
+                metrics={"ms_per_image": part_s * 1e3 / batch, "share_of_step": part_s / plain_s},
+                reference=f"{preset}/{stage}/plain",
             )
         )
     summary = {"images_per_s": batch / plain_s, "batch": batch}
