@@ -3,40 +3,103 @@
 Everything inside the library works on float NCHW tensors in [-1, 1]; this module converts once,
 applying EXIF orientation, compositing transparency on white, and resizing the shorter side then
 centre-cropping to the tokenizer's square input (the ImageNet-val protocol of LlamaGen et al.).
+
+Reading a file is hardened against hostile input, because training sets are scraped:
+
+* Only the formats in :data:`FORMATS` are decoded, whatever the file is called (a PostScript file
+  renamed ``.jpg`` is refused, so Pillow never starts Ghostscript for it).
+* An image with more than :data:`MAX_PIXELS` pixels is refused from its header, before anything is
+  decoded (a 12 KB PNG can declare 100 megapixels). Pillow's own check refuses above
+  ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (179 M) whatever :data:`MAX_PIXELS` says.
+* Every decoding failure (Pillow raises ``OSError``, ``SyntaxError``, ``TypeError`` ... on broken
+  files) becomes :class:`ImageReadError` naming the file, which the loaders skip and count.
+* Odd but valid files come out as the image a viewer shows: the first frame of an animation,
+  16-bit greys scaled to 8 bits (not clipped to white), CMYK JPEGs with the Adobe convention
+  Photoshop and libjpeg write, and any transparency (alpha, palette or ``tRNS`` colour)
+  composited on :data:`BACKGROUND`.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
+# The formats of data.IMAGE_EXTENSIONS (a camera's multi-picture JPEG opens as JPEG's "MPO").
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Refused above this many pixels: 2**26 = 8192 x 8192 (192 MiB as RGB). Read at each open: assign
+# it (forked DataLoader workers inherit that) or set SEMHITOK_MAX_IMAGE_PIXELS before starting.
+MAX_PIXELS = int(os.environ.get("SEMHITOK_MAX_IMAGE_PIXELS", 2**26))
+
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    TypeError,  # a TIFF tag of the wrong type
+    SyntaxError,  # Pillow's "broken PNG file"
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_GREY_16_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 class ImageReadError(OSError):
-    """A file that cannot be decoded as an image."""
+    """A file that cannot be decoded as an image, or that is refused (too many pixels)."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image from ``path``; raises :class:`ImageReadError` naming the file."""
+def load_image(path: str | Path | IO[bytes], *, as_stored: bool = False) -> Image.Image:
+    """An RGB image from ``path`` (a file name or a binary file object); raises
+    :class:`ImageReadError` naming the file.
+
+    ``as_stored=True`` skips EXIF rotation, 16-bit scaling and compositing (plain
+    ``convert("RGB")``, torchvision ``ImageFolder``'s loader) for callers that must see the pixels
+    another tool reads; the format, size and error guards still apply."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow warns above its limit; ours refuses below it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=FORMATS)
+        with img:
+            _check_pixels(img)
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            return img.convert("RGB") if as_stored else to_rgb(ImageOps.exif_transpose(img))
+    except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
 
 
+def _check_pixels(img: Image.Image) -> None:
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{width}x{height} = {width * height:,} pixels is over the limit of {MAX_PIXELS:,} "
+            "(semhitok_plugin.images.MAX_PIXELS, or SEMHITOK_MAX_IMAGE_PIXELS)"
+        )
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    """``img`` as 8-bit RGB: 16-bit greys scaled, transparency composited on BACKGROUND."""
+    if img.mode in _GREY_16_BIT:
+        img = _grey_to_8_bit(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, BACKGROUND)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return img.convert("RGB")
+
+
+def _grey_to_8_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image (mode "I;16*", or "I" holding 16-bit values as Pillow reads some PNGs
+    and TIFFs) scaled to "L"; Pillow's own conversion clips everything above 255 to white."""
+    values = np.asarray(img).astype(np.float64).clip(0, 65535)
+    return Image.fromarray((values / 257).round().astype(np.uint8))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

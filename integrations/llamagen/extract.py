@@ -38,7 +38,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from semhitok_plugin import SemHiTok, load_model
-from semhitok_plugin.images import ImageReadError
+from semhitok_plugin.images import ImageReadError, load_image
 
 from .dataset import DATASET_PREFIX, code_dirs, path_problems
 
@@ -76,12 +76,8 @@ class LlamaGenTransform:  # a class, not a closure: DataLoader workers pickle it
 def load_as_imagefolder(path: str) -> Image.Image:
     """torchvision ``ImageFolder``'s default loader (open, ``convert("RGB")``: no EXIF rotation,
     no alpha compositing), so the codes are those of the pixels LlamaGen's extractor reads; an
-    undecodable file raises :class:`ImageReadError` naming it."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"cannot read image {path!r}: {err}") from err
+    undecodable or oversized file raises :class:`ImageReadError` naming it."""
+    return load_image(path, as_stored=True)
 
 
 class SafeImages(Dataset):

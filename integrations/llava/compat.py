@@ -38,7 +38,7 @@ import torch
 import transformers
 from packaging.version import Version
 
-from semhitok_plugin.images import ImageReadError
+from semhitok_plugin.images import DECODE_ERRORS, ImageReadError
 
 GENERATION_ONLY_KWARGS = ("cache_position", "num_logits_to_keep")
 TESTED = "4.46.3"
@@ -150,7 +150,7 @@ class NamingImageModule(ModuleType):
             image = PIL.Image.open(fp, *args, **kwargs)
             image.load()
             return image
-        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             raise ImageReadError(f"cannot decode image {str(fp)!r}: {err}") from err
 
 
