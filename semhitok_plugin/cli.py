@@ -3,15 +3,22 @@
 MODEL is a preset name (random weights from ``--seed``; teacher weights from the preset or
 ``--teacher-weights``), a directory written by ``save_pretrained``, or a hub repo id.
 Token files are ``.npz`` with ``flat_ids`` (N, h, w) int32, ``grid``, ``vocab_size``, ``model``
-and ``files``. Unreadable images are reported by name and make the exit status 1; the other
-images are still processed.
+and ``files``. Images are given as files, folders (searched recursively) or ``.txt`` /
+``.jsonl`` lists, as for ``eval-recon --data``. Unreadable images are reported by name and make
+the exit status 1; the other images are still processed. Encoding keeps nothing per image but its
+ids, shows a progress bar on stderr and ends with a line counting encoded and failed images.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
+import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,9 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoint import CheckpointWriteError
 from .config import ConfigError
 from .hub import WeightsNotFoundError, resolve_file
-from .ids import TokenIdError
+from .ids import TokenIdError, check_ids
 from .images import ImageReadError, center_crop, load_image, to_pil, to_tensor
 from .model import CheckpointMismatchError, SemHiTok, load_model, resolve_config
 from .plugins import available_presets
@@ -33,6 +41,7 @@ class TokenFileError(ValueError):
 
 
 USER_ERRORS = (
+    CheckpointWriteError,  # names the file and the previous, still loadable checkpoint
     ConfigError,
     FileNotFoundError,  # missing inputs, and WeightsNotFoundError
     CheckpointMismatchError,
@@ -56,7 +65,7 @@ def _read_images(paths: Sequence[Path], size: int, failures: list[str]):
         try:
             yield path, center_crop(load_image(path), size)
         except ImageReadError as err:
-            print(f"error: {err}", file=sys.stderr)
+            tqdm.write(f"error: {err}", file=sys.stderr)  # on its own line, not inside the bar
             failures.append(str(path))
 
 
@@ -71,22 +80,51 @@ def _batches(items: Iterator, batch_size: int) -> Iterator[list]:
         yield batch
 
 
+def _expand_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Image paths from the command line's files, folders and list files, in order. Only the
+    paths are materialised (the progress bar needs the total); images are read one batch at a
+    time."""
+    paths: list[Path] = []
+    for path in inputs:
+        if path.is_dir() or path.suffix in (".txt", ".jsonl"):
+            from .data import image_files  # the folder / list rules of ``--data``
+
+            paths += image_files(path)
+        else:
+            paths.append(path)
+    return paths
+
+
 def _encode_files(model: SemHiTok, paths: Sequence[Path], batch_size: int, failures: list[str]):
-    """Yield (paths, PIL crops, TokenizerOutput) per batch, with a progress bar."""
+    """Yield (paths, PIL crops, TokenizerOutput) per batch. Nothing outlives its batch here, so
+    memory stays flat however many images there are. Progress (read and failed images) goes to
+    stderr, then one line with the counts and the rate."""
     device = next(model.parameters()).device
     images = _read_images(paths, model.config.image_size, failures)
+    start, done = time.perf_counter(), 0
     with tqdm(total=len(paths), unit="img", disable=len(paths) < 2 * batch_size) as bar:
         for batch in _batches(images, batch_size):
             names, crops = zip(*batch, strict=True)
             yield names, crops, model.encode(to_tensor(list(crops)).to(device))
-            bar.update(len(batch))
+            done += len(batch)
+            bar.update(done + len(failures) - bar.n)
+        bar.update(done + len(failures) - bar.n)
+    seconds = time.perf_counter() - start
+    print(
+        f"encoded {done} of {len(paths)} images in {seconds:.1f} s "
+        f"({done / max(seconds, 1e-9):.1f} images/s), {len(failures)} failed",
+        file=sys.stderr,
+    )
+
+
+SHOWN_FAILURES = 10  # each failure was already named as it happened
 
 
 def _exit_status(failures: list[str], done: int) -> int:
     if failures:
-        print(
-            f"{len(failures)} of {len(failures) + done} images failed: {failures}", file=sys.stderr
-        )
+        more = len(failures) - SHOWN_FAILURES
+        listed = f"{failures[:SHOWN_FAILURES]}" + (f" and {more} more" if more > 0 else "")
+        print(f"{len(failures)} of {len(failures) + done} images failed: {listed}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -149,15 +187,16 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    model, failures = _model(args), []
-    names, ids = [], []
-    for batch_names, crops, out in _encode_files(model, args.images, args.batch_size, failures):
+    model, failures, paths = _model(args), [], _expand_inputs(args.images)
+    ids = np.empty((len(paths), *model.grid_size), dtype=np.int32)  # the only per-image state
+    names: list[str] = []
+    for batch_names, crops, out in _encode_files(model, paths, args.batch_size, failures):
+        ids[len(names) : len(names) + len(batch_names)] = out.flat_ids.cpu().numpy()
         names += [str(n) for n in batch_names]
-        ids.append(out.flat_ids.cpu())
         if args.token_maps:
             _save_token_maps(args.token_maps, batch_names, crops, out.sem_ids, model)
-    if ids:
-        _write_tokens(args.output, torch.cat(ids), names, model)
+    if names:
+        _write_tokens(args.output, torch.from_numpy(ids[: len(names)]), names, model)
         print(f"wrote {len(names)} token maps of {model.grid_size} to {args.output}")
     return _exit_status(failures, len(names))
 
@@ -180,55 +219,167 @@ def _write_tokens(path: Path, flat_ids: torch.Tensor, names: list[str], model: S
     )
 
 
-def read_tokens(path: Path, model: SemHiTok) -> tuple[torch.Tensor, list[str]]:
-    """Flat ids (N, h, w) and file names from a token file, checked against ``model``."""
+TOKEN_KEYS = ("flat_ids", "grid", "vocab_size")  # required; "model" and "files" are optional
+ARCHIVE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _load_token_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a token archive. Only a zip reaches ``np.load``, which never unpickles
+    (``allow_pickle=False``): anything else is refused by its first bytes."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, grid_hw, vocab = data["flat_ids"], tuple(data["grid"]), int(data["vocab_size"])
-            source = str(data["model"]) if "model" in data else "?"
-            files = [str(f) for f in data["files"]] if "files" in data else []
-    except (OSError, KeyError, ValueError) as err:
-        raise TokenFileError(f"{path} is not a SemHiTok token file: {err}") from err
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TokenFileError(f"{path}: flat_ids must be integers, got {ids.dtype}")
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        raise TokenFileError(f"cannot read token file {path}: {err.strerror or err}") from err
+    if head == b"\x93NUMPY":
+        raise TokenFileError(f"{path} holds a single .npy array, not a .npz token archive")
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load's own zip test
+        raise TokenFileError(
+            f"{path} is not a SemHiTok token file: no zip signature (starts with {head!r})"
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ARCHIVE_ERRORS as err:
+        raise TokenFileError(f"{path} is not a SemHiTok token file (.npz): {err}") from err
+    with data:
+        missing = [k for k in TOKEN_KEYS if k not in data.files]
+        if missing:
+            raise TokenFileError(f"{path} lacks {', '.join(missing)} (it holds {data.files})")
+        try:
+            return {k: data[k] for k in (*TOKEN_KEYS, "model", "files") if k in data.files}
+        except ARCHIVE_ERRORS as err:  # a damaged member, or an object (pickled) array
+            raise TokenFileError(f"{path}: unreadable token archive: {err}") from err
+
+
+def _metadata(path: Path, arrays: dict[str, np.ndarray]) -> tuple[tuple[int, int], int, str]:
+    """(grid, vocab size, model name or "") of a token file, each of the expected kind."""
+    grid, vocab = arrays["grid"], arrays["vocab_size"]
+    model = arrays.get("model", np.str_(""))
+    if grid.shape != (2,) or grid.dtype.kind not in "iu":
+        raise TokenFileError(f"{path}: grid must be 2 integers (rows, cols), got {grid!r}")
+    if vocab.size != 1 or vocab.dtype.kind not in "iu":
+        raise TokenFileError(f"{path}: vocab_size must be one integer, got {vocab!r}")
+    if model.ndim != 0 or model.dtype.kind != "U":
+        raise TokenFileError(f"{path}: model must be one string, got {model!r}")
+    return (int(grid[0]), int(grid[1])), int(vocab.item()), str(model)
+
+
+def _same_model(written_by: str, name: str) -> bool:
+    """The same name, or two paths to the same checkpoint directory."""
+    if written_by == name:
+        return True
+    a, b = Path(written_by).expanduser(), Path(name).expanduser()
+    return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
+
+
+def _check_source(path: Path, arrays: dict, model: SemHiTok, allow_other_model: bool) -> None:
+    """In-range ids of another tokenizer decode to a wrong image without any id error: only the
+    file's metadata can tell, so vocabulary and grid must match, and so must the model name."""
+    grid_hw, vocab, written_by = _metadata(path, arrays)
     if vocab != model.vocab_size or grid_hw != model.grid_size:
         raise TokenFileError(
             f"{path} holds ids of a tokenizer with vocab {vocab} and grid {grid_hw} (model "
-            f"{source!r}); this model has vocab {model.vocab_size} and grid {model.grid_size}"
+            f"{written_by!r}); this model has vocab {model.vocab_size} and grid {model.grid_size}"
         )
-    files = files if len(files) == len(ids) else [f"{i:05d}" for i in range(len(ids))]
-    return torch.from_numpy(ids.astype(np.int64)), files
+    if written_by and not allow_other_model and not _same_model(written_by, model.name_or_path):
+        raise TokenFileError(
+            f"{path} was written by model {written_by!r}, not {model.name_or_path!r}: another "
+            f"tokenizer's codes would give a wrong image. Decode with -m {written_by}, or pass "
+            "--allow-other-model if it is the same tokenizer under another name"
+        )
+
+
+def _check_ids(path: Path, arrays: dict, model: SemHiTok) -> tuple[torch.Tensor, list[str]]:
+    """Ids as int64 (N, h, w) and one name per token map; the error for a bad id names its
+    image, since "index (3, 7, 2)" alone means little to someone holding a folder of photos."""
+    ids, files = arrays["flat_ids"], arrays.get("files")
+    if ids.dtype.kind not in "iu":
+        raise TokenFileError(
+            f"{path}: flat_ids must be integer ids, got {ids.dtype} (ids are never rounded)"
+        )
+    if ids.ndim != 3 or ids.shape[1:] != model.grid_size:
+        raise TokenFileError(
+            f"{path}: flat_ids has shape {ids.shape}, expected (N, {model.grid_size[0]}, "
+            f"{model.grid_size[1]}) for the file's grid"
+        )
+    if files is not None and (files.shape != (len(ids),) or files.dtype.kind != "U"):
+        raise TokenFileError(
+            f"{path}: files must name each of the {len(ids)} token maps, got {files.shape} "
+            f"{files.dtype}"
+        )
+    names = [str(f) for f in files] if files is not None else [f"{i:05d}" for i in range(len(ids))]
+    flat = torch.from_numpy(ids.astype(ids.dtype.newbyteorder("="), copy=False))  # native order
+    try:
+        check_ids(flat, model.vocab_size, "flat_ids")
+    except TokenIdError as err:
+        where = f" (image {names[err.index[0]]!r})" if err.index else ""
+        raise TokenFileError(f"{path}: {err}{where}") from err
+    return flat.long(), names
+
+
+def read_tokens(
+    path: Path, model: SemHiTok, *, allow_other_model: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """Flat ids (N, h, w) and file names from a token file, checked against ``model``.
+
+    Everything is checked before any image is decoded: the archive (never unpickled), the
+    tokenizer that wrote it (vocabulary, grid and model name; ``allow_other_model`` skips the
+    name, and a file without ``model`` is checked by vocabulary and grid only), the dtype
+    (integers wide enough for the vocabulary: never rounded or wrapped), the shape and every
+    id. Each error names the file, and an out-of-range id its position and image.
+    """
+    arrays = _load_token_arrays(path)
+    _check_source(path, arrays, model, allow_other_model)
+    return _check_ids(path, arrays, model)
+
+
+def _output_names(files: list[str]) -> list[str]:
+    """One distinct PNG name per token map: the stem of its image (untrusted text, so path
+    separators and control characters become "_"), numbered where two stems would collide."""
+    stems = [
+        re.sub(r"[\x00-\x1f/\\]", "_", Path(name).stem) or f"{i:05d}"
+        for i, name in enumerate(files)
+    ]
+    counts = Counter(stems)
+    return [f"{s}.png" if counts[s] == 1 else f"{s}-{i:05d}.png" for i, s in enumerate(stems)]
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
     model = _model(args)
-    ids, files = read_tokens(args.tokens, model)
+    ids, files = read_tokens(args.tokens, model, allow_other_model=args.allow_other_model)
+    names = _output_names(files)
     device = next(model.parameters()).device
     args.output.mkdir(parents=True, exist_ok=True)
     for start in tqdm(range(0, len(ids), args.batch_size), unit="batch", disable=len(ids) < 64):
         images = to_pil(model.decode(ids[start : start + args.batch_size].to(device)))
-        for name, img in zip(files[start : start + args.batch_size], images, strict=True):
-            img.save(args.output / f"{Path(name).stem}.png")
+        for name, img in zip(names[start : start + args.batch_size], images, strict=True):
+            img.save(args.output / name)
     print(f"wrote {len(ids)} images to {args.output}")
     return 0
+
+
+GRID_ROWS = 16  # grid.png shows the first images only: one row each would grow without bound
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     model, failures = _model(args), []
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for names, crops, out in _encode_files(model, args.images, args.batch_size, failures):
+    rows, done = [], 0
+    paths = _expand_inputs(args.images)
+    for names, crops, out in _encode_files(model, paths, args.batch_size, failures):
         recons = to_pil(model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1))
         for name, crop, recon, ids in zip(names, crops, recons, out.sem_ids, strict=True):
             recon.save(args.output / f"{Path(name).stem}.png")
-            rows.append([crop, recon, token_map(ids, model.config.image_size, crop)])
+            if len(rows) < GRID_ROWS:
+                rows.append([crop, recon, token_map(ids, model.config.image_size, crop)])
+        done += len(names)
     if rows:
         grid(rows).save(args.output / "grid.png")
         print(
-            f"wrote {len(rows)} reconstructions and grid.png (input | reconstruction | "
-            f"semantic tokens) to {args.output}"
+            f"wrote {done} reconstructions and grid.png (first {len(rows)}: input | "
+            f"reconstruction | semantic tokens) to {args.output}"
         )
-    return _exit_status(failures, len(rows))
+    return _exit_status(failures, done)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -252,10 +403,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import TrainConfig, TrainingDiverged, train
 
     cfg = TrainConfig.load(args.config, args.set)
-    final = train(cfg, resume=args.resume)
+    try:
+        final = train(cfg, resume=args.resume)
+    except TrainingDiverged as err:  # its message names the last good checkpoint
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(
         f"tokenizer: {final}\nmetrics:   {Path(cfg.output_dir) / 'metrics.jsonl'}\n"
         f"pictures:  {Path(cfg.output_dir) / 'images'}"
@@ -292,6 +447,9 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGES_HELP = "image files, folders (searched recursively) or .txt/.jsonl lists of images"
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semhitok", description=__doc__.split("\n\n")[0])
@@ -314,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_info)
 
     p = with_model(sub.add_parser("encode", help="images -> token file (.npz, int32 ids)"))
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help=IMAGES_HELP)
     p.add_argument("-o", "--output", type=Path, default=Path("tokens.npz"))
     p.add_argument("--token-maps", type=Path, help="also write semantic token maps (PNG) here")
     p.set_defaults(fn=cmd_encode)
@@ -322,10 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_model(sub.add_parser("decode", help="token file -> images (PNG)"))
     p.add_argument("tokens", type=Path)
     p.add_argument("-o", "--output", type=Path, default=Path("decoded"))
+    p.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="decode although the file names another model (the same tokenizer, renamed)",
+    )
     p.set_defaults(fn=cmd_decode)
 
     p = with_model(sub.add_parser("reconstruct", help="images -> reconstructions + grid.png"))
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help=IMAGES_HELP)
     p.add_argument("-o", "--output", type=Path, default=Path("reconstructions"))
     p.set_defaults(fn=cmd_reconstruct)
 

@@ -431,6 +431,15 @@ def _open_source(source: str) -> _Files | list[str]:
     )
 
 
+def image_files(source: str | Path) -> list[Path]:
+    """The image paths of a folder (recursive) or a ``.txt``/``.jsonl`` list, by the rules of a
+    training source; errors name ``source``."""
+    files = _open_source(str(source))
+    if not isinstance(files, _Files):
+        raise DataSourceError(f"{source!s} names tar shards, not a folder or list of images")
+    return files.paths
+
+
 def _is_image_name(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 

@@ -10,19 +10,41 @@ import torch
 
 
 class TokenIdError(ValueError):
-    """Token ids that do not belong to this tokenizer's vocabulary."""
+    """Token ids that do not belong to this tokenizer's vocabulary. ``index`` is where the
+    reported id first occurs, so callers that know more (a file's image names) can add it."""
+
+    def __init__(self, message: str, index: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 def check_ids(ids: torch.Tensor, upper: int, name: str) -> None:
-    """Raise :class:`TokenIdError` unless ``ids`` is an integer tensor with values in [0, upper)."""
+    """Raise :class:`TokenIdError` unless ``ids`` is an integer tensor with values in [0, upper).
+
+    Refused rather than converted: floats (rounding would pick a neighbouring code), bools, and
+    integer dtypes too narrow for the vocabulary (ids stored in them may already have wrapped
+    around). The message names the first offending id, where it is and the valid range.
+    """
+    if not isinstance(ids, torch.Tensor):
+        raise TokenIdError(f"{name} must be a torch tensor, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TokenIdError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
+    if ids.dtype == torch.uint64 or torch.iinfo(ids.dtype).max < upper - 1:
+        raise TokenIdError(
+            f"{name} has dtype {ids.dtype}, which cannot hold every id in [0, {upper}) exactly "
+            "(ids may have wrapped around): use int32 or int64"
+        )
     if ids.numel() == 0:
         return
-    lo, hi = int(ids.min()), int(ids.max())
+    wide = ids.long()  # exact for every accepted dtype; torch has no min/max for uint16/uint32
+    lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
-        raise TokenIdError(f"{name} contains {bad}, outside the valid range [0, {upper})")
+        where = tuple((wide == bad).nonzero()[0].tolist())
+        raise TokenIdError(
+            f"{name} contains {bad}, outside the valid range [0, {upper}) (first at index {where})",
+            where,
+        )
 
 
 def merge_ids(

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import SemHiTokConfig
 from .hub import WeightsNotFoundError, is_hub_id, resolve_file
-from .ids import check_ids, merge_ids, split_ids
+from .ids import TokenIdError, check_ids, merge_ids, split_ids
 from .semantic_codebook import SemanticCodebook
 from .sghc import SubCodebookQuantizer
 from .teacher import FrozenTeacher
@@ -135,16 +135,24 @@ class SemHiTok(nn.Module):
             self._grid(sem.ids), self._grid(pix.ids), self._grid(flat), sem.quantized, pix.quantized
         )
 
+    def _check_grid(self, ids: torch.Tensor, name: str) -> None:
+        """Refuse ids not laid out as (B, h, w) or (B, h*w): a (B, 4, 16) map holds as many ids
+        as an 8x8 one, but it is not this tokenizer's grid."""
+        h, w = self.grid_size
+        if not isinstance(ids, torch.Tensor):
+            raise TokenIdError(f"{name} must be a torch tensor, got {type(ids).__name__}")
+        if ids.shape[1:] not in ((h, w), (h * w,)):
+            raise TokenIdError(
+                f"{name} must have shape (B, {h}, {w}) or (B, {h * w}) for this tokenizer, "
+                f"got {tuple(ids.shape)}"
+            )
+
     def embed_ids(self, flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantised (semantic, pixel) features (B, h*w, dim) of flat ids (B, h, w) or (B, h*w)."""
-        h, w = self.grid_size
-        if flat_ids.ndim not in (2, 3) or flat_ids[0].numel() != h * w:
-            raise ValueError(
-                f"flat_ids must have shape (B, {h}, {w}) or (B, {h * w}) for this tokenizer, "
-                f"got {tuple(flat_ids.shape)}"
-            )
-        flat_ids = flat_ids.reshape(flat_ids.shape[0], h * w)
+        self._check_grid(flat_ids, "flat_ids")
+        # split before flattening, so an error's index is in the caller's layout
         sem_ids, pix_ids = split_ids(flat_ids, self.codebook_size, self.sub_codebook_size)
+        sem_ids, pix_ids = sem_ids.flatten(1), pix_ids.flatten(1)
         sem = self.semantic_codebook.lookup(sem_ids)
         return sem, self.pixel_quantizer.lookup(sem_ids, pix_ids)
 
@@ -165,6 +173,7 @@ class SemHiTok(nn.Module):
     @torch.no_grad()
     def semantic_features(self, sem_ids: torch.Tensor) -> torch.Tensor:
         """Decoded semantic features (B, h*w, teacher dim): the understanding features."""
+        self._check_grid(sem_ids, "sem_ids")
         check_ids(sem_ids, self.codebook_size, "sem_ids")
         return self.semantic_decoder(self.semantic_codebook.lookup(sem_ids.flatten(1)))
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from semhitok_plugin import SemHiTok
 from semhitok_plugin.config import SemHiTokConfig
-from semhitok_plugin.ids import TokenIdError
+from semhitok_plugin.ids import TokenIdError, check_ids
 from semhitok_plugin.model import CheckpointMismatchError, check_state_dict, resolve_config
 
 
@@ -77,7 +77,9 @@ class SemHiTokVQModel(nn.Module):
         """Images from codes: int32 ``(B, h*w)``, int64 ``(B*h*w,)`` or ``(B, h, w)``.
 
         ``shape`` is LlamaGen's ``[B, C, h, w]`` (``[B, h, w, C]`` when not ``channel_first``);
-        its C is LlamaGen's ``--codebook-embed-dim`` and is ignored."""
+        its C is LlamaGen's ``--codebook-embed-dim`` and is ignored. Codes are checked before
+        any conversion: a float or too narrow code tensor is refused, never rounded or wrapped."""
+        check_ids(code_b, self.codebook_size, "codes")
         h, w = self.tokenizer.grid_size
         if shape is not None:
             batch, rows, cols = (

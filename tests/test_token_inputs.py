@@ -1,0 +1,196 @@
+"""Malformed token inputs (issue 8): every one is refused with an error that names the problem
+and, for files, the file; none decodes to an image. The inputs are the builders of
+``semhitok_plugin.testing.bad_tokens``, fed through the real CLI and API."""
+
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semhitok_llamagen import SemHiTokVQModel
+from semhitok_plugin import TokenIdError, load_model
+from semhitok_plugin.cli import TokenFileError, main, read_tokens
+from semhitok_plugin.images import to_pil
+from semhitok_plugin.testing.bad_tokens import (
+    MODEL,
+    PICKLE_MARKER,
+    TouchOnUnpickle,
+    probe,
+    run_decode,
+    token_arrays,
+    write_bad_token_files,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(MODEL)  # what ``semhitok decode -m tiny`` builds: same seed, same weights
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    return probe(tmp_path_factory.mktemp("tokens"))
+
+
+def test_every_token_probe_gets_its_guaranteed_outcome(probes):
+    failed = [f"{p.entry_point} / {p.input}: {p.outcome}" for p in probes if not p.ok]
+    assert not failed, "\n".join(failed)
+    assert {p.family for p in probes} == {"tokens"}
+    assert len({(p.entry_point, p.input) for p in probes}) == len(probes)
+
+
+def test_the_probes_reach_every_entry_point_that_takes_ids(probes):
+    assert {p.entry_point for p in probes} == {
+        "semhitok decode",
+        "SemHiTok.decode",
+        "SemHiTok.semantic_features",
+        "merge_ids",
+        "split_ids",
+        "LlamaGen decode_code",
+        "LLaVA tower features_from_ids",
+        "MLLM processor.decode",
+        "MLLM processor.encode_images",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("truncated.npz", " is not a SemHiTok token file (.npz): File is not a zip file"),
+        ("float_ids.npz", ": flat_ids must be integer ids, got float32 (ids are never rounded)"),
+        (
+            "int64_beyond_int32.npz",
+            ": flat_ids contains 4294967303, outside the valid range [0, 256) (first at index "
+            "(1, 2, 3)) (image 'photos/b.png')",
+        ),
+        ("wrong_grid_ids.npz", ": flat_ids has shape (2, 4, 16), expected (N, 8, 8)"),
+        ("other_preset.npz", " holds ids of a tokenizer with vocab 196608 and grid (16, 16)"),
+        ("other_model.npz", " was written by model 'another-tiny-checkpoint', not 'tiny'"),
+    ],
+)
+def test_read_tokens_names_the_file_and_the_problem(model, tmp_path, name, message):
+    (case,) = [c for c in write_bad_token_files(tmp_path, model) if c.path.name == name]
+    with pytest.raises(TokenFileError) as err:
+        read_tokens(case.path, model)
+    assert str(err.value).startswith(f"{case.path}{message}")
+
+
+def test_a_pickled_payload_is_never_run(model, tmp_path):
+    files = {c.path.name: c.path for c in write_bad_token_files(tmp_path / "bad", model)}
+    # the payload is live: an unsafe load runs it ...
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    with open(files["pickle.npz"], "rb") as f:
+        payload = pickle.load(f)  # proves the payload would run
+    assert payload is None and (tmp_path / "bad" / PICKLE_MARKER).exists()
+    (tmp_path / "bad" / PICKLE_MARKER).unlink()
+    np.savez(unsafe / "t.npz", flat_ids=np.array([TouchOnUnpickle(unsafe / "ran")], object))
+    np.load(unsafe / "t.npz", allow_pickle=True)["flat_ids"]
+    assert (unsafe / "ran").exists()
+    # ... and decode refuses both files without running it
+    for name in ("pickle.npz", "pickled_ids.npz"):
+        status, err = run_decode(files[name], tmp_path / "out")
+        assert status == 2 and str(files[name]) in err
+    assert not (tmp_path / "bad" / PICKLE_MARKER).exists() and not (tmp_path / "out").exists()
+
+
+def test_the_cli_process_exits_2_naming_the_file_without_a_traceback(model, tmp_path):
+    (case,) = [c for c in write_bad_token_files(tmp_path, model) if c.path.name == "truncated.npz"]
+    result = subprocess.run(
+        [sys.executable, "-m", "semhitok_plugin.cli", "decode", str(case.path), "-m", MODEL],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"error: {case.path} is not a SemHiTok token file" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "decoded").exists()
+
+
+@pytest.fixture
+def checkpoint(model, tmp_path):
+    return model.save_pretrained(tmp_path / "ckpt")
+
+
+def _pngs(directory):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(directory.glob("*.png"))}
+
+
+def test_another_spelling_of_the_same_checkpoint_decodes(checkpoint, tmp_path, monkeypatch):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+    tokens = tmp_path / "t.npz"
+    assert main(["encode", str(photo), "-m", str(checkpoint), "-o", str(tokens)]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["decode", str(tokens), "-m", "./ckpt/", "-o", "a"]) == 0
+    assert list(_pngs(tmp_path / "a")) == ["photo.png"]
+
+
+def test_a_renamed_checkpoint_needs_allow_other_model(checkpoint, model, tmp_path, capsys):
+    tokens = tmp_path / "t.npz"
+    np.savez(tokens, **{**token_arrays(model), "model": np.str_(str(checkpoint))})
+    renamed = shutil.copytree(checkpoint, tmp_path / "renamed")
+    args = ["decode", str(tokens), "-m", str(renamed), "-o"]
+    assert main([*args, str(tmp_path / "refused")]) == 2
+    assert f"{tokens} was written by model '{checkpoint}'" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, str(tmp_path / "a"), "--allow-other-model"]) == 0
+    assert main(["decode", str(tokens), "-m", str(checkpoint), "-o", str(tmp_path / "b")]) == 0
+    a, b = _pngs(tmp_path / "a"), _pngs(tmp_path / "b")
+    assert list(a) == ["a.png", "b.png"] and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_images_with_the_same_stem_are_all_written(model, tmp_path):
+    arrays = token_arrays(model, count=3)
+    arrays["files"] = np.array(["x/cat.png", "y/cat.jpg", "dog.png"])
+    np.savez(tmp_path / "t.npz", **arrays)
+    assert run_decode(tmp_path / "t.npz", tmp_path / "out")[0] == 0
+    images = _pngs(tmp_path / "out")
+    assert list(images) == ["cat-00000.png", "cat-00001.png", "dog.png"]
+    expected = to_pil(model.decode(torch.from_numpy(arrays["flat_ids"]).long()))
+    for name, image in zip(images, expected, strict=True):
+        assert np.array_equal(images[name], np.asarray(image))
+
+
+def test_float_codes_reach_llamagen_decode_code_as_an_error_not_a_truncated_image(model):
+    codes = torch.randint(0, model.vocab_size, (2, 64))
+    vq = SemHiTokVQModel(model)
+    assert torch.equal(vq.decode_code(codes.int(), [2, 8, 8, 8]), model.decode(codes))
+    with pytest.raises(
+        TokenIdError, match=r"codes must be an integer tensor, got dtype torch\.float32"
+    ):
+        vq.decode_code(codes.float() + 0.5, [2, 8, 8, 8])
+
+
+def test_wide_unsigned_ids_decode_exactly_and_narrow_ones_are_refused(model):
+    ids = torch.randint(0, model.vocab_size, (1, 8, 8))
+    for dtype in (torch.uint16, torch.uint32, torch.int32, torch.uint8):
+        assert torch.equal(model.decode(ids.to(dtype)), model.decode(ids))
+    with pytest.raises(TokenIdError, match=r"int8, which cannot hold every id in \[0, 256\)"):
+        model.decode(ids.to(torch.int8))
+
+
+def test_ids_must_come_in_this_tokenizers_grid(model):
+    ids = torch.randint(0, model.vocab_size, (2, 8, 8))
+    assert torch.equal(model.decode(ids.flatten(1)), model.decode(ids))
+    for shape in [(2, 4, 16), (2, 8, 8, 1), (128,)]:
+        with pytest.raises(TokenIdError, match=f"got {re.escape(str(shape))}"):
+            model.decode(ids.reshape(shape))
+    with pytest.raises(TokenIdError, match=r"sem_ids must have shape \(B, 8, 8\)"):
+        model.semantic_features(ids.reshape(2, 16, 4) % model.codebook_size)
+
+
+def test_out_of_range_error_carries_the_position(model):
+    ids = torch.zeros(3, 8, 8, dtype=torch.long)
+    ids[2, 6, 1] = -5
+    with pytest.raises(TokenIdError, match=r"contains -5, .* \(first at index \(2, 6, 1\)\)") as e:
+        model.decode(ids)
+    assert e.value.index == (2, 6, 1)
