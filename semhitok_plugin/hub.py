@@ -8,9 +8,11 @@ and a file that cannot be had fails at once with a message naming it and the opt
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,10 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 class WeightsNotFoundError(FileNotFoundError):
     """Weights or configs that are neither on disk nor obtainable from the hub."""
+
+
+class UnsafeWeightsError(pickle.UnpicklingError):
+    """A torch file that only full unpickling, which can run arbitrary code, could load."""
 
 
 def hub_offline() -> bool:
@@ -89,9 +95,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsNotFoundError(f"{path} does not hold a state dict")
     return state
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load`` of tensors and plain values only (``weights_only=True``, on the CPU).
+
+    Anything else is refused with :class:`UnsafeWeightsError` naming the file: torch's own message
+    names no file and suggests ``weights_only=False``, which would run what the pickle says."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = next((ln for ln in str(err).splitlines() if "nsupported" in ln), "").strip()
+        raise UnsafeWeightsError(
+            f"refused to load {path}: it holds more than tensors and plain values, and unpickling "
+            f"the rest could run arbitrary code ({reason or 'not loadable with weights_only'}). "
+            "Use safetensors, or re-save weights you trust as tensors only."
+        ) from err

@@ -94,11 +94,11 @@ class CodeDataset(Dataset):
         feature_dir, label_dir = self.feature_dir, self.label_dir
         if self.aug_feature_dir is not None and torch.rand(1) < 0.5:
             feature_dir, label_dir = self.aug_feature_dir, self.aug_label_dir
-        features = np.load(os.path.join(feature_dir, f"{idx}.npy"))
+        features = np.load(os.path.join(feature_dir, f"{idx}.npy"), allow_pickle=False)
         if self.flip:
             aug = int(torch.randint(0, features.shape[1], (1,)))
             features = features[:, aug]
-        labels = np.load(os.path.join(label_dir, f"{idx}.npy"))
+        labels = np.load(os.path.join(label_dir, f"{idx}.npy"), allow_pickle=False)
         codes, labels = features.astype(np.int64), labels.astype(np.int64)
         return torch.from_numpy(codes), torch.from_numpy(labels)
 

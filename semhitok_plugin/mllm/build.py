@@ -31,8 +31,11 @@ def build_unified(
     torch_dtype: torch.dtype | str | None = None,
 ) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
     """Extend a Qwen2/Qwen2.5 checkpoint (hub id or directory) by SemHiTok's image vocabulary."""
-    tokenizer = AutoTokenizer.from_pretrained(qwen)
-    lm = AutoModelForCausalLM.from_pretrained(qwen, torch_dtype=parse_dtype(torch_dtype))
+    # Never code from the checkpoint (no prompt either), and weights from safetensors only.
+    tokenizer = AutoTokenizer.from_pretrained(qwen, trust_remote_code=False)
+    lm = AutoModelForCausalLM.from_pretrained(
+        qwen, torch_dtype=parse_dtype(torch_dtype), trust_remote_code=False, use_safetensors=True
+    )
     if not isinstance(lm, Qwen2ForCausalLM):
         raise ValueError(f"{qwen} is a {type(lm).__name__}, not a Qwen2/Qwen2.5 causal LM")
     if isinstance(image_tokenizer, str):
@@ -86,7 +89,7 @@ def load_unified(
     compared with the copies inside the model."""
     check_unified_checkpoint(directory)
     model = SemHiTokQwen2ForCausalLM.from_pretrained(
-        directory, torch_dtype=parse_dtype(torch_dtype)
+        directory, torch_dtype=parse_dtype(torch_dtype), use_safetensors=True
     )
     if is_deepspeed_zero3_enabled():
         _load_codebook_buffers(model, Path(directory))

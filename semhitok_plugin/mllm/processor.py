@@ -241,7 +241,8 @@ class SemHiTokQwenProcessor:
             image_tokenizer = SemHiTok.from_pretrained(directory / SEMHITOK_SUBDIR)
         elif isinstance(image_tokenizer, str):
             image_tokenizer = load_model(image_tokenizer)
-        return cls(AutoTokenizer.from_pretrained(directory), image_tokenizer, config)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)  # no prompt
+        return cls(tokenizer, image_tokenizer, config)
 
 
 def _check_image_count(placeholders: int, images: int) -> None:

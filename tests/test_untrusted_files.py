@@ -1,0 +1,186 @@
+"""Untrusted files: a pickle that would run code, a YAML Python tag, an object array or remote
+tokenizer code is refused by every loader with an error naming the problem, and never runs
+(its marker file is never created); a tar shard with members named outside its folder writes
+nothing. The controls show each hostile file does run code when loaded unsafely."""
+
+import builtins
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from semhitok_plugin import SemHiTok
+from semhitok_plugin.checkpoint import load_checkpoint
+from semhitok_plugin.cli import TokenFileError, read_tokens
+from semhitok_plugin.evaluation import VGG16_FILE, load_lpips
+from semhitok_plugin.hub import UnsafeWeightsError, WeightsNotFoundError, load_state_dict
+from semhitok_plugin.mllm import load_unified
+from semhitok_plugin.mllm.tiny import save_tiny_unified
+from semhitok_plugin.mllm.train import load_stage_config
+from semhitok_plugin.model import load_model
+from semhitok_plugin.testing.untrusted import (
+    ESCAPING_MEMBERS,
+    code_running_pickle,
+    object_array_npy,
+    object_array_npz,
+    probe,
+    python_tag,
+    python_tag_yaml,
+    read_shard,
+    remote_code_tokenizer,
+    resume_training,
+    resume_unified,
+    traversal_shard,
+)
+from semhitok_plugin.training import TrainConfig
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return tmp_path / "MARKER"
+
+
+@pytest.fixture(scope="module")
+def unified(tmp_path_factory):
+    return save_tiny_unified(tmp_path_factory.mktemp("unified"))
+
+
+def copy_unified(unified, tmp_path):
+    import shutil
+
+    return shutil.copytree(unified, tmp_path / "model", ignore=shutil.ignore_patterns("qwen"))
+
+
+# -- controls: the hostile files are hostile -------------------------------------------------------
+UNSAFE_LOADS = {
+    "pickle": lambda d, m: torch.load(code_running_pickle(d / "p.pt", m), weights_only=False),
+    "yaml": lambda d, m: yaml.unsafe_load(python_tag_yaml(d / "c.yaml", m).read_text()),
+    "npz": lambda d, m: np.load(object_array_npz(d / "i.npz", m), allow_pickle=True)["flat_ids"],
+}
+
+
+@pytest.mark.parametrize("kind", UNSAFE_LOADS)
+def test_control_the_hostile_file_runs_code_when_loaded_unsafely(tmp_path, marker, kind):
+    UNSAFE_LOADS[kind](tmp_path, marker)
+    assert marker.exists()
+
+
+# -- torch files -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".pth", ".ckpt"])
+def test_torch_loaders_refuse_code_running_pickle_and_name_the_file(tmp_path, marker, suffix):
+    path = code_running_pickle(tmp_path / f"weights{suffix}", marker)
+    for load in (load_state_dict, load_checkpoint):
+        with pytest.raises(UnsafeWeightsError, match=r"posix\.system") as err:
+            load(path)
+        assert str(path) in str(err.value)
+        assert "weights_only=False" not in str(err.value)  # never advise the unsafe load
+    assert not marker.exists()
+
+
+def test_training_resume_refuses_the_checkpoint_latest_names(tmp_path, marker):
+    with pytest.raises(UnsafeWeightsError, match=r"checkpoints/step_00000002\.pt"):
+        resume_training(tmp_path)
+    assert not marker.exists()
+
+
+def test_from_pretrained_reads_safetensors_only(tmp_path, tiny_model, marker):
+    folder = tiny_model.save_pretrained(tmp_path / "model")
+    code_running_pickle(folder / "pytorch_model.bin", marker)
+    loaded = SemHiTok.from_pretrained(folder)  # the .bin beside the weights is never opened
+    torch.testing.assert_close(loaded.state_dict(), tiny_model.state_dict())
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(WeightsNotFoundError, match=r"contains none of \['model.safetensors'\]"):
+        load_model(str(folder))
+    assert not marker.exists()
+
+
+def test_teacher_and_lpips_weights_refuse_code_running_pickle(tmp_path, marker):
+    code_running_pickle(tmp_path / "teacher" / "pytorch_model.bin", marker)
+    with pytest.raises(UnsafeWeightsError, match=r"teacher/pytorch_model\.bin"):
+        load_model("tiny", teacher_weights=str(tmp_path / "teacher"))
+    lpips = code_running_pickle(tmp_path / VGG16_FILE, marker)
+    with pytest.raises(UnsafeWeightsError, match=VGG16_FILE):
+        load_lpips(str(lpips))
+    assert not marker.exists()
+
+
+# -- configs and arrays ----------------------------------------------------------------------------
+def test_yaml_python_tags_are_refused_by_every_config_loader(tmp_path, marker):
+    config = python_tag_yaml(tmp_path / "c.yaml", marker)
+    loads = [
+        lambda: TrainConfig.load(config),
+        lambda: TrainConfig.load("demo_cpu/stage1", [f"stage={python_tag(marker)}"]),
+        lambda: load_stage_config("pretrain", config),
+    ]
+    for load in loads:
+        with pytest.raises(yaml.constructor.ConstructorError, match="python/object/apply:os"):
+            load()
+    assert not marker.exists()
+
+
+def test_token_file_with_object_array_is_refused(tmp_path, tiny_model, marker):
+    path = object_array_npz(tmp_path / "ids.npz", marker, tiny_model.grid_size)
+    with pytest.raises(TokenFileError, match="allow_pickle=False") as err:
+        read_tokens(path, tiny_model)
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+
+
+def test_llamagen_code_file_with_object_array_is_refused(tmp_path, marker):
+    from semhitok_llamagen.dataset import CodeDataset
+
+    object_array_npy(tmp_path / "codes" / "0.npy", marker)
+    (tmp_path / "labels").mkdir()
+    np.save(tmp_path / "labels" / "0.npy", np.zeros(1, np.int64))
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
+        CodeDataset(tmp_path / "codes", tmp_path / "labels")[0]
+    assert not marker.exists()
+
+
+# -- the unified MLLM ------------------------------------------------------------------------------
+def test_mllm_folder_weights_come_from_safetensors_only(unified, tmp_path, marker):
+    model = copy_unified(unified, tmp_path)
+    (model / "model.safetensors").unlink()
+    code_running_pickle(model / "pytorch_model.bin", marker)
+    with pytest.raises(OSError, match=r"no file named model\.safetensors"):
+        load_unified(model)
+    assert not marker.exists()
+
+
+def test_mllm_tokenizer_code_is_refused_without_asking(unified, tmp_path, marker, monkeypatch):
+    """transformers asks "run the custom code? [y/N]" unless trust_remote_code is given: a
+    user answering yes would run it. The loader passes False, so nobody is asked."""
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")
+    model = remote_code_tokenizer(copy_unified(unified, tmp_path), marker)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_unified(model)
+    assert asked == []
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("hostile", [("rng_state.pth",), ("optimizer.pt", "scheduler.pt")])
+def test_mllm_resume_refuses_code_running_checkpoint_files(unified, tmp_path, marker, hostile):
+    with pytest.raises(pickle.UnpicklingError, match=r"posix\.system"):
+        resume_unified(unified, tmp_path, hostile)
+    assert not marker.exists()
+
+
+# -- tar shards ------------------------------------------------------------------------------------
+def test_shard_members_named_outside_are_read_in_memory_and_nothing_is_written(tmp_path):
+    shard = traversal_shard(tmp_path / "a" / "b" / "shard.tar")
+    read = read_shard(shard)
+    regular = 1 + len(ESCAPING_MEMBERS)  # "ok.jpg" too; the two link members are no samples
+    assert (read.trained, read.evaluated, read.skipped) == (regular, regular, 0)
+    assert read.written == []
+    assert not (tmp_path / "escape.jpg").exists()
+
+
+def test_every_untrusted_file_probe_holds(tmp_path):
+    probes = probe(tmp_path)
+    failed = [f"{p.input} -> {p.entry_point}: {p.outcome}" for p in probes if not p.ok]
+    assert not failed, "\n".join(failed)
+    assert len(probes) == 18
+    assert not list(tmp_path.rglob("MARKER"))
