@@ -12,6 +12,21 @@ The same code runs on one CPU and under ``torchrun`` on many GPU nodes (DDP; bf1
 CUDA; gradient accumulation; an EMA of the trainable weights; optional ``torch.compile`` and
 gradient checkpointing). A run writes ``metrics.jsonl``, picture grids, atomic checkpoints
 (``--resume`` continues bit-for-bit) and exports the tokenizer with ``save_pretrained``.
+
+Faults, without a host-device sync in the step:
+
+* A step whose loss, any loss term or gradient norm is NaN/inf is skipped on the device: fused
+  AdamW's ``found_inf`` (as GradScaler uses it) leaves weights, moments and step counts as they
+  were, the EMA moves by zero, the discriminator skips too, and the quantizers' buffers (the
+  EMA codebook updated in the forward, usage counts) are put back. Flags are read one step late;
+  each skipped step gets a WARNING and a ``bad_step`` record in ``metrics.jsonl`` and still
+  counts toward ``max_steps``. ``max_bad_steps`` in a row raise :class:`TrainingDiverged` one
+  step later at most, before any further checkpoint is written.
+* SIGTERM (preemption) stops the loop at most two steps later (the flag travels, all-reduced,
+  with those flags, so every rank stops at the same step), writes a checkpoint and exits with
+  status 0 (:class:`TrainingPreempted`); ``--resume`` continues from it.
+* A checkpoint write that fails stops the run with ``CheckpointWriteError`` naming the file; the
+  previous checkpoint stays loadable. Training on without checkpoints would risk hours of work.
 """
 
 from __future__ import annotations
@@ -19,12 +34,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -33,6 +53,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     latest_checkpoint,
+    latest_checkpoint_or_none,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -48,6 +69,20 @@ from .visualize import grid, token_map
 from .weight_ema import WeightEMA
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """``max_bad_steps`` consecutive steps had a non-finite loss or gradient norm."""
+
+
+class TrainingPreempted(SystemExit):
+    """SIGTERM stopped the run after writing a checkpoint. A ``SystemExit`` with status 0, so
+    ``semhitok train`` exits 0 and a scheduler requeues the job (which passes ``--resume``)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(0)
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -102,6 +137,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     preview_images: int = 8
+    # Steps with a NaN/inf loss or gradient norm are skipped (no update at all); this many in a
+    # row stop the run (TrainingDiverged). 5: a rare bad batch or bf16 overflow passes, while a
+    # diverged run stops within a few steps instead of burning its allocation.
+    max_bad_steps: int = 5
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -110,6 +149,8 @@ class TrainConfig:
             raise ConfigError(f"stage {self.stage!r} needs init: the previous stage's checkpoint")
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -237,6 +278,13 @@ class Trainer:
             cfg.data, per_rank, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
         self.step = 0
+        # Buffers the forward updates (EMA codebook, its counters, usage counts): restored
+        # after a skipped step.
+        quantizers = (self.model.semantic_codebook, self.model.pixel_quantizer)
+        self.forward_buffers = [b for q in quantizers for b in q.buffers()]
+        self.flags = _StepFlags()
+        self.skipped_steps = self.bad_streak = 0
+        self.stop_requested = self.stopping = False
         torch.manual_seed(cfg.seed + 1000 * self.rank)
 
     # -- construction helpers
@@ -292,10 +340,32 @@ class Trainer:
 
     # -- one optimisation step
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
-        """One optimizer step; losses stay on the device (read back only when logged)."""
+        """One optimizer step, skipped on the device when anything is non-finite; losses stay
+        on the device (read back only when logged, flags one step late)."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
+        codebook = self.model.semantic_codebook
+        first_update = not codebook._init_checked
+        before = [b.clone() for b in self.forward_buffers]
+        totals, norms = self._backward(batches, disc_on)
+        names, flags = self._flags(totals | norms)
+        bad = flags[:-1].any()
+        self._step(self.opt, bad)
+        if disc_on:
+            self._step(self.disc_opt, bad)
+        for buffer, old in zip(self.forward_buffers, before, strict=True):
+            buffer.copy_(torch.where(bad, old, buffer))
+        if first_update:  # a skipped first step also undid the k-means init: check it again
+            codebook._init_checked = False
+        if self.ema:
+            self._ema_update(bad)
+        self.step += 1
+        self.flags.push(self.step, names, flags)
+        return totals
+
+    def _backward(self, batches: list[dict], disc_on: bool) -> tuple[dict, dict]:
+        """Gradients of the generator (and discriminator): losses and clipped gradient norms."""
         totals: dict[str, torch.Tensor] = {}
         fakes, reals = [], []
         for i, batch in enumerate(batches):
@@ -310,13 +380,11 @@ class Trainer:
             if disc_on:
                 reals.append(images)
                 fakes.append(losses["reconstruction"].detach())
-        self._clip_and_step(self.opt, self.params)
+        norms = {"grad_norm": self._grad_norm(self.params)}
         if disc_on:
-            totals["disc"] = self._discriminator_step(reals, fakes)
-        if self.ema:
-            self.ema.update()
-        self.step += 1
-        return totals
+            totals["disc"] = self._discriminator_backward(reals, fakes)
+            norms["disc_grad_norm"] = self._grad_norm(list(self.disc.parameters()))
+        return totals, norms
 
     def _generator_losses(self, images: torch.Tensor, disc_on: bool) -> dict[str, torch.Tensor]:
         losses = self.net(images, stage=self.cfg.stage)
@@ -339,7 +407,8 @@ class Trainer:
             losses["loss"] = losses["loss"] + losses["adversarial"]
         return losses
 
-    def _discriminator_step(self, reals: list, fakes: list) -> torch.Tensor:
+    def _discriminator_backward(self, reals: list, fakes: list) -> torch.Tensor:
+        self.disc_opt.zero_grad(set_to_none=True)  # drop what the generator's loss left here
         total = 0.0
         for i, (real, fake) in enumerate(zip(reals, fakes, strict=True)):
             sync = i == len(reals) - 1 or self.world == 1
@@ -347,14 +416,42 @@ class Trainer:
                 loss = hinge_d_loss(self.disc(real), self.disc(fake)) / len(reals)
                 loss.backward()
             total = total + loss.detach()
-        self._clip_and_step(self.disc_opt, list(self.disc.parameters()))
         return total
 
-    def _clip_and_step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+    def _grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
+        norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-        opt.step()
+            nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, norm)
+        return norm
+
+    def _flags(self, values: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+        """A non-finite flag per loss and gradient norm, then the SIGTERM flag; summed over
+        ranks on the device, so every rank skips (and stops at) the same steps."""
+        stop = torch.full((), float(self.stop_requested), device=self.device)
+        flags = torch.stack([v.detach().isfinite().logical_not().float() for v in values.values()])
+        flags = torch.cat([flags, stop[None]])
+        if self.world > 1:
+            dist.all_reduce(flags)
+        return [*values, "sigterm"], flags > 0
+
+    @staticmethod
+    def _step(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+        """The update, skipped when ``bad``: fused AdamW honours ``found_inf`` on the device
+        (no change to weights, moments or step count); non-fused AdamW ignores it, so that
+        path reads the flag on the host (one sync per step)."""
+        if opt.defaults["fused"]:
+            opt.found_inf = bad.float()
+            opt.step()
+        elif not bad:
+            opt.step()
         opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _ema_update(self, bad: torch.Tensor) -> None:
+        """``WeightEMA.update`` with weight 0 on a skipped step: the shadow stays exactly."""
+        weight = (1 - self.ema.decay) * bad.logical_not().float()
+        params = [p.detach() for p in self.ema.params]
+        torch._foreach_lerp_(self.ema.shadow, params, [weight] * len(params))
 
     # -- checkpoints
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -373,6 +470,7 @@ class Trainer:
             "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
             "data": self.stream.state_dict(),
             "rng": rng_state(),
+            "bad_steps": {"skipped": self.skipped_steps, "streak": self.bad_streak},
             "config": dataclasses.asdict(self.cfg),
         }
 
@@ -387,6 +485,8 @@ class Trainer:
             self.disc_opt.load_state_dict(state["disc_optimizer"])
         self.stream.load_state_dict(state["data"])
         set_rng_state(state["rng"])
+        bad = state.get("bad_steps", {"skipped": 0, "streak": 0})  # older checkpoints: none
+        self.skipped_steps, self.bad_streak = bad["skipped"], bad["streak"]
 
     def resume(self) -> bool:
         path = latest_checkpoint(self.out / "checkpoints")
@@ -398,45 +498,138 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}")
         return True
 
-    def save(self) -> None:
+    def save(self) -> Path | None:
+        """Checkpoint on rank 0, after reading every pending flag (a run that has just hit
+        ``max_bad_steps`` raises here instead of writing)."""
+        self._review(keep=0)
+        if self.rank != 0:
+            return None
+        return save_checkpoint(
+            self.out / "checkpoints", self.step, self.state_dict(), self.cfg.keep_checkpoints
+        )
+
+    # -- faults
+    def _review(self, keep: int) -> None:
+        """Act on the flags of all steps but the last ``keep``: count and report skipped steps,
+        stop after ``max_bad_steps`` in a row, note a SIGTERM."""
+        for step, flagged in self.flags.pop(keep):
+            if "sigterm" in flagged:
+                self.stopping = True
+                flagged.remove("sigterm")
+            if flagged:
+                self._skipped(step, flagged)
+            else:
+                self.bad_streak = 0
+
+    def _skipped(self, step: int, names: list[str]) -> None:
+        self.skipped_steps += 1
+        self.bad_streak += 1
+        limit = self.cfg.max_bad_steps
         if self.rank == 0:
-            save_checkpoint(
-                self.out / "checkpoints", self.step, self.state_dict(), self.cfg.keep_checkpoints
+            log.warning(
+                "step %d skipped: non-finite %s (%d in a row; the run stops at max_bad_steps=%d)",
+                step,
+                ", ".join(names),
+                self.bad_streak,
+                limit,
             )
+        self._write_metrics(
+            {
+                "step": step,
+                "bad_step": True,
+                "non_finite": names,
+                "consecutive_bad_steps": self.bad_streak,
+                "skipped_steps": self.skipped_steps,
+            }
+        )
+        if self.bad_streak >= limit:
+            good = latest_checkpoint_or_none(self.out / "checkpoints")
+            raise TrainingDiverged(
+                f"training diverged: {limit} consecutive steps (max_bad_steps={limit}), steps "
+                f"{step - limit + 1}-{step}, had a non-finite loss or gradient (step {step}: "
+                f"{', '.join(names)}). Their updates were skipped, so no weights are poisoned, "
+                "and no checkpoint is written from here; last good checkpoint: "
+                f"{good or 'none (no checkpoint written yet)'}. Check the data, lower optim.lr, "
+                "or resume from that checkpoint."
+            )
+
+    @contextlib.contextmanager
+    def _sigterm_stops_the_run(self) -> Iterator[None]:
+        """SIGTERM (cluster preemption) asks the loop to checkpoint and stop; the previous
+        handler comes back afterwards. Signals reach only the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _preempted(self) -> NoReturn:
+        path = self.save()
+        if self.rank == 0:
+            print(
+                f"SIGTERM: stopped at step {self.step}, checkpoint {path}; "
+                "run again with --resume to continue",
+                flush=True,
+            )
+        raise TrainingPreempted(self.step, path)
 
     # -- the loop
     def fit(self) -> Path:
+        """Train to ``max_steps`` and export. Raises ``TrainingPreempted`` (exit status 0) after
+        a SIGTERM checkpoint, ``TrainingDiverged`` after ``max_bad_steps`` skipped steps in a
+        row, ``CheckpointWriteError`` when a checkpoint cannot be written."""
+        with self._sigterm_stops_the_run():
+            self._loop()
+            return self.export()
+
+    def _loop(self) -> None:
         cfg, it = self.cfg, iter(self.stream)
         preview = self._preview_batch()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0, unit="step")
         window_start, window_images = time.perf_counter(), 0
-        while self.step < cfg.max_steps:
-            batches = [next(it) for _ in range(cfg.grad_accum)]
-            losses = self.train_step(batches)
-            window_images += sum(len(b["images"]) for b in batches) * self.world
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                rate = window_images / (time.perf_counter() - window_start)
-                self._log({k: float(v) for k, v in losses.items()}, rate, bar)
-                window_start, window_images = time.perf_counter(), 0
-            if self.step % cfg.image_every == 0 or self.step == cfg.max_steps:
-                self._write_pictures(preview)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-                self.save()
-            bar.update(1)
-        bar.close()
-        return self.export()
+        try:
+            while self.step < cfg.max_steps:
+                batches = [next(it) for _ in range(cfg.grad_accum)]
+                losses = self.train_step(batches)
+                self._review(keep=1)  # the previous step's flags: the device is a step ahead
+                window_images += sum(len(b["images"]) for b in batches) * self.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    rate = window_images / (time.perf_counter() - window_start)
+                    self._log({k: float(v) for k, v in losses.items()}, rate, bar)
+                    window_start, window_images = time.perf_counter(), 0
+                if self.step % cfg.image_every == 0 or self.step == cfg.max_steps:
+                    self._write_pictures(preview)
+                if self.stopping:
+                    self._preempted()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+                bar.update(1)
+        finally:
+            bar.close()
 
     def _log(self, losses: dict[str, float], rate: float, bar: tqdm) -> None:
+        self._review(keep=0)
         skipped = torch.tensor(float(self.stream.skipped_total), device=self.device)
         if self.world > 1:
             dist.all_reduce(skipped)
-        record = {"step": self.step, "lr": self.lr_at(self.step - 1), **losses}
+        finite = {k: v if math.isfinite(v) else None for k, v in losses.items()}  # strict JSON
+        record = {"step": self.step, "lr": self.lr_at(self.step - 1), **finite}
         record |= {"images_per_s": rate, "skipped_files": int(skipped.item())}
-        record |= self._codebook_stats()
+        record |= {"skipped_steps": self.skipped_steps} | self._codebook_stats()
+        self._write_metrics(record)
+        if self.rank == 0:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"})
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()} | {"img/s": f"{rate:.1f}"})
 
     def _codebook_stats(self) -> dict[str, Any]:
         sem, pix = self.model.semantic_codebook, self.model.pixel_quantizer
@@ -493,6 +686,32 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
+
+
+class _StepFlags:
+    """Each step's flags, read on the host one step late: the copy is queued without waiting
+    (pinned memory and an event on CUDA), so the host never waits for the step it has just
+    queued and the device always has a step of work ahead of it."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[int, list[str], torch.Tensor, Any]] = deque()
+
+    def push(self, step: int, names: list[str], flags: torch.Tensor) -> None:
+        event = None
+        if flags.is_cuda:
+            host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+            flags = host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((step, names, flags, event))
+
+    def pop(self, keep: int) -> Iterator[tuple[int, list[str]]]:
+        """(step, names of the set flags) of every step but the last ``keep``, oldest first."""
+        while len(self.pending) > keep:
+            step, names, flags, event = self.pending.popleft()
+            if event is not None:
+                event.synchronize()
+            yield step, [n for n, f in zip(names, flags.tolist(), strict=True) if f]
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:

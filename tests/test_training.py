@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import yaml
 
 from semhitok_plugin import ConfigError, SemHiTok
 from semhitok_plugin.samples import write_sample_photos
+from semhitok_plugin.testing.training_faults import kill_and_resume, run_differences
 from semhitok_plugin.training import TrainConfig, build_stage_model, train
 
 SMALL = {"pixel": {"encoder": {"width": 64, "depth": 2, "heads": 2}}}
@@ -136,57 +136,31 @@ def test_decoder_stage_grows_only_the_decoder(stage1, tmp_path, photo_dir):
     assert SemHiTok.from_pretrained(final).config.pixel.decoder.width == 48
 
 
-def run_cli(args, cwd, **popen):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "semhitok_plugin.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **popen,
-    )
-
-
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run(stage1, tmp_path, photo_dir):
-    """Pixel stage with GAN, EMA and random crops: every logged loss must match exactly."""
-    common = {
-        "stage": "pixel",
-        "init": str(stage1),
-        "max_steps": 24,
-        "checkpoint_every": 4,
-        "image_every": 100,
-        "ema_decay": 0.9,
+# Per stage: random crops, an EMA of the weights and (pixel, decoder) the GAN, joining before
+# (pixel) or after (decoder) the checkpoint the run resumes from; killed as soon as that first
+# checkpoint exists, i.e. inside the step after it.
+KILL_RUNS = {
+    "semantic": {},
+    "pixel": {
         "model_overrides": SMALL,
-        "losses": {"perceptual_weight": 0.0, "disc_start": 6, "disc_channels": 16},
-    }
-    runs = {}
-    for name in ("straight", "killed"):
-        cfg = config(tmp_path / name, photo_dir, **common)
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        runs[name] = (path, tmp_path / name / "run")
-    assert run_cli(["train", str(runs["straight"][0])], tmp_path).wait() == 0
+        "losses": {"perceptual_weight": 0.0, "disc_start": 2, "disc_channels": 16},
+    },
+    "decoder": {"losses": {"perceptual_weight": 0.0, "disc_start": 4, "disc_channels": 16}},
+}
 
-    proc = run_cli(["train", str(runs["killed"][0])], tmp_path)
-    latest = runs["killed"][1] / "checkpoints" / "latest"
-    deadline = time.monotonic() + 120
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = run_cli(["train", str(runs["killed"][0]), "--resume"], tmp_path)
-    out = resumed.communicate()[0].decode()
-    assert resumed.returncode == 0, out
-    assert "resumed from" in out
 
-    def losses(run_dir):
-        return [{k: v for k, v in m.items() if k != "images_per_s"} for m in metrics(run_dir)]
-
-    assert losses(runs["killed"][1]) == losses(runs["straight"][1])
-    a = SemHiTok.from_pretrained(runs["straight"][1] / "final").state_dict()
-    b = SemHiTok.from_pretrained(runs["killed"][1] / "final").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+@pytest.mark.parametrize("stage", KILL_RUNS)
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(stage, stage1, tmp_path, photo_dir):
+    """Every logged value and every exported weight must match the uninterrupted run exactly."""
+    init = {} if stage == "semantic" else {"init": str(stage1)}
+    common = {"max_steps": 10, "checkpoint_every": 3, "ema_decay": 0.9, "image_every": 100}
+    run = kill_and_resume(tmp_path, photo_dir, stage=stage, **init, **common | KILL_RUNS[stage])
+    assert run.straight_status == 0
+    assert run.killed_status == -signal.SIGKILL, "the run finished before it could be killed"
+    assert run.resumed_status == 0, run.resumed_output
+    assert "resumed from" in run.resumed_output
+    assert [m["step"] for m in metrics(run.killed)] == list(range(1, 11))
+    assert run_differences(run.straight, run.killed) == []
 
 
 def test_two_ranks_keep_identical_codebooks(tmp_path, photo_dir):
