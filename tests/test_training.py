@@ -12,6 +12,7 @@ import yaml
 
 from semhitok_plugin import ConfigError, SemHiTok
 from semhitok_plugin.samples import write_sample_photos
+from semhitok_plugin.testing import training_faults as tf
 from semhitok_plugin.testing.training_faults import kill_and_resume, run_differences
 from semhitok_plugin.training import TrainConfig, build_stage_model, train
 
@@ -27,19 +28,8 @@ def photo_dir(tmp_path_factory):
 
 
 def config(tmp_path, photo_dir, **kw) -> dict:
-    base = {
-        "stage": "semantic",
-        "model": "tiny",
-        "output_dir": str(tmp_path / "run"),
-        "data": {"source": str(photo_dir), "image_size": 64, "crop": "random"},
-        "batch_size": 8,
-        "max_steps": 4,
-        "log_every": 1,
-        "image_every": 2,
-        "checkpoint_every": 2,
-        "optim": {"lr": 1e-3},
-    }
-    return base | kw
+    """A tiny stage-1 run (see ``training_faults.train_config``) that also draws pictures."""
+    return tf.train_config(tmp_path, photo_dir, image_every=2) | kw
 
 
 def metrics(run_dir) -> list[dict]:

@@ -254,6 +254,8 @@ def measure_stage(
         flops = 0
 
     plain_s, plain_mib = median(times["plain"]), peaks["plain"]
+    where = {"preset": preset, "stage": stage, "batch": batch, "image_size": size}
+    where["device"] = str(ctx.device)
     rows = []
     for name, step in steps.items():
         step_s = median(times[name])
@@ -281,13 +283,9 @@ def measure_stage(
             Row(
                 case=NAME,
                 name=f"{preset}/{stage}/{name}",
-                params={
-                    "preset": preset,
-                    "stage": stage,
+                params=where
+                | {
                     "variant": name,
-                    "batch": batch,
-                    "image_size": size,
-                    "device": str(ctx.device),
                     "trainable_params_m": sum(p.numel() for p in params) / 1e6,
                     "repeats": len(times[name]),
                 },
@@ -301,15 +299,7 @@ def measure_stage(
             Row(
                 case=NAME,
                 name=f"{preset}/{stage}/{FROZEN_INPUTS}",
-                params={
-                    "preset": preset,
-                    "stage": stage,
-                    "variant": FROZEN_INPUTS,
-                    "batch": batch,
-                    "image_size": size,
-                    "device": str(ctx.device),
-                    "repeats": len(times[FROZEN_INPUTS]),
-                },
+                params=where | {"variant": FROZEN_INPUTS, "repeats": len(times[FROZEN_INPUTS])},
                 metrics={"ms_per_image": part_s * 1e3 / batch, "share_of_step": part_s / plain_s},
                 reference=f"{preset}/{stage}/plain",
             )
