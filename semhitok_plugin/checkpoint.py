@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,10 +107,15 @@ def _save_tensors(state: dict[str, Any], file: BinaryIO) -> None:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint ``latest`` names: a ``step_*.pt`` file of ``directory`` itself, never a path
+    elsewhere (a tampered pointer such as ``../x`` or ``/abs/x`` is refused)."""
     pointer = directory / LATEST
     if not pointer.is_file():
         return None
-    path = directory / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not re.fullmatch(r"step_\d+\.pt", name):
+        raise FileNotFoundError(f"{pointer} names {name!r}, not a step_*.pt file of {directory}")
+    path = directory / name
     if not path.is_file():
         raise FileNotFoundError(f"{pointer} points to {path.name}, which does not exist")
     return path

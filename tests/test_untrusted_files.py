@@ -184,3 +184,18 @@ def test_every_untrusted_file_probe_holds(tmp_path):
     assert not failed, "\n".join(failed)
     assert len(probes) == 18
     assert not list(tmp_path.rglob("MARKER"))
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/step_00000001.pt", "/tmp/step_00000001.pt", "x.pt"])
+def test_a_tampered_latest_pointer_is_refused(tmp_path, name):
+    """``latest`` may only name a step_*.pt file of its own directory, so a run never resumes from
+    a file somewhere else, even one that exists."""
+    from semhitok_plugin.checkpoint import latest_checkpoint, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 1, {"step": 1})
+    (tmp_path / "elsewhere").mkdir()
+    save_checkpoint(tmp_path / "elsewhere", 1, {"step": 1})
+    (folder / "latest").write_text(name)
+    with pytest.raises(FileNotFoundError, match=f"names {name!r}, not a step_"):
+        latest_checkpoint(folder)
