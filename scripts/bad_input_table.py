@@ -1,7 +1,7 @@
 """Feed every hostile input the library guards against through its real entry points, and print
 what happened as a Markdown table (the README's "Robustness" table comes from here).
 
-    python scripts/bad_input_table.py [--json OUT] [--families image,tokens,...]
+    python scripts/bad_input_table.py [--out docs/bad-inputs.md] [--json OUT] [--families ...]
 
 Each family lives in ``semhitok_plugin.testing`` (the same builders the tests use). The exit
 status is 1 when any outcome is not the guaranteed one, so the table cannot silently go stale.
@@ -58,6 +58,7 @@ def markdown(probes: list) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"of {list(FAMILIES)}")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the probes as JSON")
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown families {unknown}; known: {list(FAMILIES)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     probes = run(families)
-    print(markdown(probes))
+    table = markdown(probes)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        title = "# Bad inputs tried, and what the library did\n\nWritten by `python "
+        args.out.write_text(f"{title}scripts/bad_input_table.py --out {args.out}`.\n\n{table}\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([dataclasses.asdict(p) for p in probes], indent=1) + "\n")

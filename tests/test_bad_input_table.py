@@ -28,8 +28,10 @@ def test_rows_are_one_line_each_with_pipes_escaped(table):
 
 
 def test_exit_status_follows_the_probes(table, monkeypatch, capsys, tmp_path):
-    assert table.main(["--families", "image", "--json", str(tmp_path / "p.json")]) == 0
+    out = ["--out", str(tmp_path / "t.md"), "--json", str(tmp_path / "p.json")]
+    assert table.main(["--families", "image", *out]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert (tmp_path / "t.md").read_text().splitlines()[-len(rows) :] == rows
     probes = json.loads((tmp_path / "p.json").read_text())
     assert len(rows) == len(probes) > 20 and all(p["ok"] for p in probes)
     assert all(row.endswith("| yes |") for row in rows)
