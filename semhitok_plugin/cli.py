@@ -189,22 +189,31 @@ def _count(module: torch.nn.Module) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     model, failures, paths = _model(args), [], _expand_inputs(args.images)
     ids = np.empty((len(paths), *model.grid_size), dtype=np.int32)  # the only per-image state
+    png_names = _png_names(paths)
     names: list[str] = []
     for batch_names, crops, out in _encode_files(model, paths, args.batch_size, failures):
         ids[len(names) : len(names) + len(batch_names)] = out.flat_ids.cpu().numpy()
         names += [str(n) for n in batch_names]
         if args.token_maps:
-            _save_token_maps(args.token_maps, batch_names, crops, out.sem_ids, model)
+            pngs = [png_names[p] for p in batch_names]
+            _save_token_maps(args.token_maps, pngs, crops, out.sem_ids, model)
     if names:
         _write_tokens(args.output, torch.from_numpy(ids[: len(names)]), names, model)
         print(f"wrote {len(names)} token maps of {model.grid_size} to {args.output}")
     return _exit_status(failures, len(names))
 
 
-def _save_token_maps(directory: Path, names, crops, sem_ids, model: SemHiTok) -> None:
+def _save_token_maps(directory: Path, pngs, crops, sem_ids, model: SemHiTok) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, crop, ids in zip(names, crops, sem_ids, strict=True):
-        token_map(ids, model.config.image_size, crop).save(directory / f"{Path(name).stem}.png")
+    for png, crop, ids in zip(pngs, crops, sem_ids, strict=True):
+        token_map(ids, model.config.image_size, crop).save(directory / png)
+
+
+def _png_names(paths: Sequence[Path], reserved: tuple[str, ...] = ()) -> dict[Path, str]:
+    """One distinct output PNG name per input path (see :func:`_output_names`): two inputs
+    with the same stem in different folders, or one named like a ``reserved`` file, do not
+    overwrite each other."""
+    return dict(zip(paths, _output_names([str(p) for p in paths], reserved), strict=True))
 
 
 def _write_tokens(path: Path, flat_ids: torch.Tensor, names: list[str], model: SemHiTok) -> None:
@@ -333,14 +342,15 @@ def read_tokens(
     return _check_ids(path, arrays, model)
 
 
-def _output_names(files: list[str]) -> list[str]:
+def _output_names(files: list[str], reserved: tuple[str, ...] = ()) -> list[str]:
     """One distinct PNG name per token map: the stem of its image (untrusted text, so path
-    separators and control characters become "_"), numbered where two stems would collide."""
+    separators and control characters become "_"), numbered where two stems, or a stem and a
+    ``reserved`` name, would collide."""
     stems = [
         re.sub(r"[\x00-\x1f/\\]", "_", Path(name).stem) or f"{i:05d}"
         for i, name in enumerate(files)
     ]
-    counts = Counter(stems)
+    counts = Counter(stems) + Counter(reserved)
     return [f"{s}.png" if counts[s] == 1 else f"{s}-{i:05d}.png" for i, s in enumerate(stems)]
 
 
@@ -366,10 +376,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     rows, done = [], 0
     paths = _expand_inputs(args.images)
+    png_names = _png_names(paths, reserved=("grid",))
     for names, crops, out in _encode_files(model, paths, args.batch_size, failures):
         recons = to_pil(model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1))
         for name, crop, recon, ids in zip(names, crops, recons, out.sem_ids, strict=True):
-            recon.save(args.output / f"{Path(name).stem}.png")
+            recon.save(args.output / png_names[name])
             if len(rows) < GRID_ROWS:
                 rows.append([crop, recon, token_map(ids, model.config.image_size, crop)])
         done += len(names)

@@ -108,3 +108,31 @@ def test_info_for_the_paper_preset_offline(run_cli):
     assert "196,608" in run.stdout
     assert "params teacher           316.0 M" in run.stdout
     assert "architecture built without weights" in run.stdout
+
+
+def test_outputs_named_alike_do_not_overwrite_each_other(saved_model, image_files, tmp_path):
+    """Same stem in two folders, and an image called grid.png: every output keeps its own file,
+    and encode's token maps, reconstruct's images and decode's images share one naming."""
+    _, model_dir = saved_model
+    twin = tmp_path / "other" / image_files[0].name
+    twin.parent.mkdir()
+    Image.open(image_files[1]).save(twin)  # another picture under the same name
+    grid_named = tmp_path / "grid.png"
+    Image.open(image_files[2]).save(grid_named)
+    inputs = [str(image_files[0]), str(twin), str(grid_named)]
+    model = ["-m", str(model_dir)]
+    tokens, maps, recon, decoded = (tmp_path / n for n in ("t.npz", "maps", "recon", "decoded"))
+    assert main(["encode", *inputs, *model, "-o", str(tokens), "--token-maps", str(maps)]) == 0
+    assert main(["reconstruct", *inputs, *model, "-o", str(recon)]) == 0
+    assert main(["decode", str(tokens), *model, "-o", str(decoded)]) == 0
+    stem = image_files[0].stem
+    twins = {f"{stem}-00000.png", f"{stem}-00001.png"}
+    assert {p.name for p in maps.iterdir()} == twins | {"grid.png"}
+    assert {p.name for p in decoded.iterdir()} == twins | {"grid.png"}
+    assert {p.name for p in recon.iterdir()} == twins | {"grid-00002.png", "grid.png"}
+    pixels = {(d.name, n): np.asarray(Image.open(d / n)) for d in (recon, decoded) for n in twins}
+    first, second = sorted(twins)
+    assert not np.array_equal(pixels["recon", first], pixels["recon", second])  # two pictures
+    for name in twins:  # decode and reconstruct agree file by file
+        assert np.array_equal(pixels["recon", name], pixels["decoded", name])
+    assert Image.open(recon / "grid.png").size != Image.open(recon / "grid-00002.png").size
