@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from semhitok_plugin.cli import read_tokens
 from semhitok_plugin.mllm import load_unified
 from semhitok_plugin.mllm.cli import main
 from semhitok_plugin.mllm.generation import chat, generate_image
 from semhitok_plugin.mllm.tiny import save_tiny_qwen, save_tiny_unified
 from semhitok_plugin.samples import sample_photo
+from semhitok_plugin.token_files import read_tokens
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from semhitok_plugin import load_model
-from semhitok_plugin.cli import TokenFileError, read_tokens
 from semhitok_plugin.ids import TokenIdError, check_ids, merge_ids, split_ids
 from semhitok_plugin.semantic_codebook import SemanticCodebook
 from semhitok_plugin.sghc import SubCodebookQuantizer
 from semhitok_plugin.testing.bad_tokens import MODEL, token_arrays
+from semhitok_plugin.token_files import TokenFileError, read_tokens
 
 SETTINGS = settings(max_examples=60, deadline=None)
 TIE = 1e-5

@@ -16,7 +16,7 @@ from PIL import Image
 
 from semhitok_llamagen import SemHiTokVQModel
 from semhitok_plugin import TokenIdError, load_model
-from semhitok_plugin.cli import TokenFileError, main, read_tokens
+from semhitok_plugin.cli import main
 from semhitok_plugin.images import to_pil
 from semhitok_plugin.testing.bad_tokens import (
     MODEL,
@@ -27,6 +27,7 @@ from semhitok_plugin.testing.bad_tokens import (
     token_arrays,
     write_bad_token_files,
 )
+from semhitok_plugin.token_files import TokenFileError, read_tokens
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import yaml
 
 from semhitok_plugin import SemHiTok
 from semhitok_plugin.checkpoint import load_checkpoint
-from semhitok_plugin.cli import TokenFileError, read_tokens
 from semhitok_plugin.evaluation import VGG16_FILE, load_lpips
 from semhitok_plugin.hub import UnsafeWeightsError, WeightsNotFoundError, load_state_dict
 from semhitok_plugin.mllm import load_unified
@@ -34,6 +33,7 @@ from semhitok_plugin.testing.untrusted import (
     resume_unified,
     traversal_shard,
 )
+from semhitok_plugin.token_files import TokenFileError, read_tokens
 from semhitok_plugin.training import TrainConfig
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli import USER_ERRORS, _batches, _device, _write_tokens
+from ..cli import USER_ERRORS, _batches, _device
 from ..images import ImageReadError
+from ..token_files import write_tokens
 from ..visualize import grid
 from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
@@ -81,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     names = [f"{i:03d}.png" for i in range(len(images))]
     for name, image in zip(names, images, strict=True):
         image.save(args.output / name)
-    _write_tokens(args.output / "tokens.npz", torch.cat(ids), names, processor.image_tokenizer)
+    write_tokens(args.output / "tokens.npz", torch.cat(ids), names, processor.image_tokenizer)
     grid([images]).save(args.output / "grid.png")
     print(f"wrote {len(images)} images, grid.png and tokens.npz to {args.output}")
     return 0

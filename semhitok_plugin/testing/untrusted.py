@@ -256,8 +256,8 @@ def _config_probes(root: Path) -> list[Probe]:
     import yaml
 
     from .. import SemHiTok, get_preset
-    from ..cli import TokenFileError, read_tokens
     from ..mllm.train import load_stage_config
+    from ..token_files import TokenFileError, read_tokens
     from ..training import TrainConfig
 
     def tokens(folder: Path) -> None:
