@@ -5,10 +5,15 @@ A token file is an ``.npz`` archive with ``flat_ids`` (N, h, w) int32, ``grid``,
 token map). Reading trusts nothing in it: the archive is never unpickled, the tokenizer that
 wrote it must be the one decoding (vocabulary, grid, model name), and every id is checked, so
 a bad file raises :class:`TokenFileError` naming the problem instead of decoding a wrong image.
+Sizes are checked before anything is inflated: an archive over :data:`MAX_TOKEN_BYTES`
+uncompressed, or an array header that declares more or less data than its member holds, is
+refused from the zip directory and the headers alone.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import zipfile
 import zlib
@@ -39,7 +44,40 @@ def write_tokens(path: Path, flat_ids: torch.Tensor, names: list[str], model: Se
 
 
 TOKEN_KEYS = ("flat_ids", "grid", "vocab_size")  # required; "model" and "files" are optional
+READ_KEYS = (*TOKEN_KEYS, "model", "files")
 ARCHIVE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+# The uncompressed bytes a token file may hold: 2**32 is 4M token maps of 16x16 int32 ids
+# (ImageNet's 1.28M train images take 1.3 GB). Raise it here or with SEMHITOK_MAX_TOKEN_BYTES.
+MAX_TOKEN_BYTES = int(os.environ.get("SEMHITOK_MAX_TOKEN_BYTES", 2**32))
+
+
+def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuse what would allocate more than the file is worth, before inflating anything: a
+    deflate bomb (kilobytes that inflate to gigabytes) by the zip directory's sizes, which bound
+    what zipfile will inflate (it stops there and checks the CRC), and a lying ``.npy`` header
+    (numpy allocates the declared shape before reading a byte) against its member's size."""
+    names = set(archive.namelist())
+    members = [archive.getinfo(n) for k in READ_KEYS for n in (f"{k}.npy", k) if n in names]
+    total = sum(m.file_size for m in members)
+    if total > MAX_TOKEN_BYTES:
+        raise TokenFileError(
+            f"{path} inflates to {total:,} bytes, over the limit of {MAX_TOKEN_BYTES:,} "
+            "(semhitok_plugin.token_files.MAX_TOKEN_BYTES, or SEMHITOK_MAX_TOKEN_BYTES)"
+        )
+    for member in members:
+        with archive.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # 3.0 is only written for non-Latin-1 fields
+                raise TokenFileError(f"{path}: {member.filename} is .npy version {version}")
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, _, dtype = read_header(f)
+            held = member.file_size - f.tell()
+        declared = math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and declared != held:  # object arrays: refused by np.load
+            raise TokenFileError(
+                f"{path}: {member.filename} declares a {shape} {dtype} array ({declared:,} "
+                f"bytes) but holds {held:,} bytes"
+            )
 
 
 def _load_token_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -57,7 +95,11 @@ def _load_token_arrays(path: Path) -> dict[str, np.ndarray]:
             f"{path} is not a SemHiTok token file: no zip signature (starts with {head!r})"
         )
     try:
+        with zipfile.ZipFile(path) as archive:
+            _check_sizes(path, archive)
         data = np.load(path, allow_pickle=False)
+    except TokenFileError:
+        raise
     except ARCHIVE_ERRORS as err:
         raise TokenFileError(f"{path} is not a SemHiTok token file (.npz): {err}") from err
     with data:
@@ -65,7 +107,7 @@ def _load_token_arrays(path: Path) -> dict[str, np.ndarray]:
         if missing:
             raise TokenFileError(f"{path} lacks {', '.join(missing)} (it holds {data.files})")
         try:
-            return {k: data[k] for k in (*TOKEN_KEYS, "model", "files") if k in data.files}
+            return {k: data[k] for k in READ_KEYS if k in data.files}
         except ARCHIVE_ERRORS as err:  # a damaged member, or an object (pickled) array
             raise TokenFileError(f"{path}: unreadable token archive: {err}") from err
 

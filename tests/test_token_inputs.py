@@ -2,12 +2,15 @@
 and, for files, the file; none decodes to an image. The inputs are the builders of
 ``semhitok_plugin.testing.bad_tokens``, fed through the real CLI and API."""
 
+import contextlib
 import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,16 +18,19 @@ import torch
 from PIL import Image
 
 from semhitok_llamagen import SemHiTokVQModel
-from semhitok_plugin import TokenIdError, load_model
+from semhitok_plugin import TokenIdError, load_model, token_files
 from semhitok_plugin.cli import main
 from semhitok_plugin.images import to_pil
 from semhitok_plugin.testing.bad_tokens import (
+    BOMB_BYTES,
+    BOMB_LIMIT,
     MODEL,
     PICKLE_MARKER,
     TouchOnUnpickle,
     probe,
     run_decode,
     token_arrays,
+    token_byte_limit,
     write_bad_token_files,
 )
 from semhitok_plugin.token_files import TokenFileError, read_tokens
@@ -72,6 +78,11 @@ def test_the_probes_reach_every_entry_point_that_takes_ids(probes):
             "(1, 2, 3)) (image 'photos/b.png')",
         ),
         ("wrong_grid_ids.npz", ": flat_ids has shape (2, 4, 16), expected (N, 8, 8)"),
+        (
+            "lying_header.npz",
+            ": flat_ids.npy declares a (100000000000, 8, 8) int32 array (25,600,000,000,000 "
+            "bytes) but holds 64 bytes",
+        ),
         ("other_preset.npz", " holds ids of a tokenizer with vocab 196608 and grid (16, 16)"),
         ("other_model.npz", " was written by model 'another-tiny-checkpoint', not 'tiny'"),
     ],
@@ -114,6 +125,44 @@ def test_the_cli_process_exits_2_naming_the_file_without_a_traceback(model, tmp_
     assert result.returncode == 2
     assert f"error: {case.path} is not a SemHiTok token file" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "decoded").exists()
+
+
+def _peak_traced(call) -> int:
+    """Peak bytes traced while ``call`` runs, refused or not (numpy reports its buffers)."""
+    tracemalloc.start()
+    with contextlib.suppress(TokenFileError):
+        call()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_a_deflate_bomb_is_refused_before_it_inflates(model, tmp_path):
+    (bomb,) = [c for c in write_bad_token_files(tmp_path, model) if c.max_bytes]
+    assert bomb.path.stat().st_size * 500 < BOMB_BYTES
+    # the bomb is live: a plain load, or ours with room for it, inflates every byte ...
+    with token_byte_limit(BOMB_BYTES + 2**20):
+        assert read_tokens(bomb.path, model)[0].shape == (BOMB_BYTES // 256, 8, 8)
+    assert _peak_traced(lambda: np.load(bomb.path)["flat_ids"]) >= BOMB_BYTES
+    # ... and over the limit it is refused from the zip directory, inflating nothing
+    with token_byte_limit(BOMB_LIMIT), pytest.raises(TokenFileError, match="over the limit"):
+        read_tokens(bomb.path, model)
+    with token_byte_limit(BOMB_LIMIT):
+        assert _peak_traced(lambda: read_tokens(bomb.path, model)) < 2**20
+
+
+def test_the_token_byte_limit_counts_every_member_and_reads_the_environment(model, tmp_path):
+    path = tmp_path / "t.npz"
+    np.savez(path, **token_arrays(model))
+    held = sum(m.file_size for m in zipfile.ZipFile(path).infolist())
+    with token_byte_limit(held):
+        assert read_tokens(path, model)[0].shape == (2, 8, 8)
+    with token_byte_limit(held - 1), pytest.raises(TokenFileError, match=f"inflates to {held:,}"):
+        read_tokens(path, model)
+    code = "from semhitok_plugin import token_files; print(token_files.MAX_TOKEN_BYTES)"
+    env = {**os.environ, "SEMHITOK_MAX_TOKEN_BYTES": "1234"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "1234" and token_files.MAX_TOKEN_BYTES == 2**32
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import token_files
 from ..cli import main
 from ..model import SemHiTok, load_model
 from . import Probe
@@ -27,6 +29,9 @@ from . import Probe
 FAMILY = "tokens"
 MODEL = "tiny"  # the preset every file is written for (random weights, seed 0)
 PICKLE_MARKER = "UNPICKLED"  # created in the directory if anything ever unpickles a payload
+# The deflate bomb inflates to BOMB_BYTES and is probed under a MAX_TOKEN_BYTES lowered to
+# BOMB_LIMIT: the same check as at the default 4 GiB, without building gigabytes for a test.
+BOMB_BYTES, BOMB_LIMIT = 2**26, 2**24
 
 
 class TouchOnUnpickle:
@@ -44,6 +49,7 @@ class BadTokenFile:
     path: Path
     input: str  # what it is, in words
     expected: str  # the error must contain this, and the file's path
+    max_bytes: int | None = None  # token_files.MAX_TOKEN_BYTES while it is probed, if lowered
 
 
 def token_arrays(model: SemHiTok, count: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,6 +74,44 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(f"{name}.npy", content)
+    return buffer.getvalue()
+
+
+def _lying_header(model: SemHiTok) -> bytes:
+    """flat_ids whose header declares 10**11 token maps over 64 bytes of data: numpy allocates
+    the declared shape before reading, so one small file asks for terabytes."""
+    meta = {k: _npy(v) for k, v in token_arrays(model).items() if k != "flat_ids"}
+    header = _npy_header((10**11, *model.grid_size), np.dtype("<i4"))
+    return _zip({"flat_ids": header + bytes(64), **meta})
+
+
+def _write_deflate_bomb(path: Path, model: SemHiTok) -> None:
+    """A valid token file whose all-zero ids inflate to BOMB_BYTES from a thousandth of that."""
+    meta = token_arrays(model)
+    shape = (BOMB_BYTES // (4 * meta["flat_ids"][0].size), *model.grid_size)
+    zeros = bytes(2**20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("flat_ids.npy", "w") as f:
+            f.write(_npy_header(shape, np.dtype("<i4")))
+            for _ in range(BOMB_BYTES // len(zeros)):
+                f.write(zeros)
+        for key in ("grid", "vocab_size", "model"):
+            archive.writestr(f"{key}.npy", _npy(meta[key]))
 
 
 def _bad_contents(model: SemHiTok, marker: Path) -> list[tuple[str, str, str, object]]:
@@ -96,6 +140,12 @@ def _bad_contents(model: SemHiTok, marker: Path) -> list[tuple[str, str, str, ob
             archive[: len(archive) // 2],
         ),
         ("single_array.npz", "a bare .npy array", "holds a single .npy array", _npy(ids)),
+        (
+            "lying_header.npz",
+            "flat_ids header declares 10**11 token maps over 64 bytes (numpy would allocate TBs)",
+            "but holds 64 bytes",
+            _lying_header(model),
+        ),
         ("no_flat_ids.npz", "archive without flat_ids", "lacks flat_ids", edit(flat_ids=None)),
         (
             "pickled_ids.npz",
@@ -212,7 +262,24 @@ def write_bad_token_files(directory: Path, model: SemHiTok) -> list[BadTokenFile
             with path.open("wb") as f:
                 np.savez(f, **content)  # np.savez pickles object arrays, as an attacker would
         files.append(BadTokenFile(path, words, expected))
-    return files
+    bomb = directory / "deflate_bomb.npz"
+    _write_deflate_bomb(bomb, model)
+    words = (
+        f"deflate bomb: {bomb.stat().st_size // 1024} KiB inflating to {BOMB_BYTES >> 20} MiB "
+        f"of ids (probed with the limit lowered to {BOMB_LIMIT >> 20} MiB)"
+    )
+    return [*files, BadTokenFile(bomb, words, "over the limit of", BOMB_LIMIT)]
+
+
+@contextlib.contextmanager
+def token_byte_limit(max_bytes: int | None) -> Iterator[None]:
+    """``token_files.MAX_TOKEN_BYTES`` set to ``max_bytes`` (None: left as it is) inside."""
+    default = token_files.MAX_TOKEN_BYTES
+    token_files.MAX_TOKEN_BYTES = default if max_bytes is None else max_bytes
+    try:
+        yield
+    finally:
+        token_files.MAX_TOKEN_BYTES = default
 
 
 def run_decode(path: Path, output: Path, *extra: str) -> tuple[int, str]:
@@ -226,7 +293,8 @@ def run_decode(path: Path, output: Path, *extra: str) -> tuple[int, str]:
 def _probe_file(case: BadTokenFile, directory: Path) -> Probe:
     output = directory / f"{case.path.stem}.decoded"
     try:
-        status, err = run_decode(case.path, output)
+        with token_byte_limit(case.max_bytes):
+            status, err = run_decode(case.path, output)
     except Exception as crash:  # a crash is an outcome to record, not to raise
         return Probe(FAMILY, case.input, "semhitok decode", f"crashed: {crash!r}", False)
     ok = (
@@ -447,6 +515,8 @@ def probe(directory: Path) -> list[Probe]:
 
 
 __all__ = [
+    "BOMB_BYTES",
+    "BOMB_LIMIT",
     "MODEL",
     "PICKLE_MARKER",
     "BadTokenFile",
@@ -456,5 +526,6 @@ __all__ = [
     "probe",
     "run_decode",
     "token_arrays",
+    "token_byte_limit",
     "write_bad_token_files",
 ]
