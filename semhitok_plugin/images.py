@@ -97,9 +97,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def _grey_to_8_bit(img: Image.Image) -> Image.Image:
     """A 16-bit grey image (mode "I;16*", or "I" holding 16-bit values as Pillow reads some PNGs
-    and TIFFs) scaled to "L"; Pillow's own conversion clips everything above 255 to white."""
-    values = np.asarray(img).astype(np.float64).clip(0, 65535)
-    return Image.fromarray((values / 257).round().astype(np.uint8))
+    and TIFFs) scaled to "L"; Pillow's own conversion clips everything above 255 to white. A
+    transparent grey (PNG ``tRNS``) becomes an alpha channel ("LA"): after scaling, 257
+    neighbouring 16-bit values share its 8-bit level, so the key cannot be carried over."""
+    values = np.asarray(img)
+    grey = Image.fromarray(
+        (values.astype(np.float64).clip(0, 65535) / 257).round().astype(np.uint8)
+    )
+    key = img.info.get("transparency")
+    if not isinstance(key, int):
+        return grey
+    return Image.merge(
+        "LA", (grey, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
+    )
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -152,6 +152,14 @@ ODD = [
         _three(_grey(32), _grey(128), _grey(224)),
     ),
     _Odd(
+        "grey16-trns.png",
+        "16-bit greyscale PNG with a transparent grey (tRNS)",
+        lambda p: Image.fromarray(_bands((32, 128, 224)).astype(np.uint16) * 257).save(
+            p, transparency=32 * 257
+        ),
+        _three(BACKGROUND, _grey(128), _grey(224)),
+    ),
+    _Odd(
         "palette-transparent.png",
         "palette PNG with a transparent index",
         _palette_transparent,
