@@ -101,15 +101,12 @@ def _grey_to_8_bit(img: Image.Image) -> Image.Image:
     transparent grey (PNG ``tRNS``) becomes an alpha channel ("LA"): after scaling, 257
     neighbouring 16-bit values share its 8-bit level, so the key cannot be carried over."""
     values = np.asarray(img)
-    grey = Image.fromarray(
-        (values.astype(np.float64).clip(0, 65535) / 257).round().astype(np.uint8)
-    )
+    grey = (values.astype(np.float64).clip(0, 65535) / 257).round().astype(np.uint8)
     key = img.info.get("transparency")
     if not isinstance(key, int):
-        return grey
-    return Image.merge(
-        "LA", (grey, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
-    )
+        return Image.fromarray(grey)
+    alpha = np.where(values == key, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey, alpha], axis=-1))  # (H, W, 2) uint8: "LA"
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
