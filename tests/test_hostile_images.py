@@ -17,7 +17,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -240,7 +240,6 @@ def _png_chunks(data: bytes) -> list[int]:
 NOISE_PNG = _noise("PNG", (256, 256))  # four IDAT chunks between IHDR and IEND
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     st.sampled_from(_png_chunks(NOISE_PNG)),
     st.one_of(

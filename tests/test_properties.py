@@ -2,8 +2,14 @@
 
 tests/test_ids.py checks split/merge on random id lists; here: the whole valid range, exactly
 which ids and dtypes are refused, SGHC and the semantic codebook against an independent float64
-brute force, output shapes and dtypes, and the ids -> features -> ids round trip. Near-ties
-(two candidates within 1e-5 in cosine) are skipped: there float32 may pick either one.
+brute force, output shapes and dtypes, and the ids -> features -> ids round trip.
+
+Ties: the quantizers search in float32, so where two codes are within float32's rounding of each
+other either may win. Search properties therefore say "the chosen code scores within
+``cosine_tolerance(d)`` of the best", never "the chosen id equals the float64 argmax". Properties
+whose ids must match exactly are on integers (split/merge, token files) or on inputs proven free
+of near-ties (the round trip checks its codebooks' margin first). The Hypothesis profiles (fixed
+examples in CI, more random ones locally) are in tests/conftest.py.
 """
 
 import functools
@@ -14,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from semhitok_plugin import load_model
@@ -24,8 +30,6 @@ from semhitok_plugin.sghc import SubCodebookQuantizer
 from semhitok_plugin.testing.bad_tokens import MODEL, token_arrays
 from semhitok_plugin.token_files import TokenFileError, read_tokens
 
-SETTINGS = settings(max_examples=60, deadline=None)
-TIE = 1e-5
 SIZES = st.tuples(st.integers(1, 300), st.integers(1, 16))  # (K, m)
 IDS = st.one_of(st.integers(-4, 320), st.integers(-(2**62), 2**62))
 INT_DTYPES = [
@@ -48,13 +52,36 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def clear_winner(scores: np.ndarray) -> bool:
-    top = np.sort(scores)[-2:]
-    return len(top) < 2 or top[1] - top[0] > TIE
+def cosine_tolerance(d: int) -> float:
+    """How far a float32 cosine of two d-dim vectors may be from the exact one.
+
+    A float32 dot product of unit vectors is off by at most ``d * eps`` (Higham, Thm 3.1 with
+    |x||y| = 1) and each l2-normalisation by a few ``eps``: ``(d + 4) * eps`` per score, so two
+    scores compare wrongly only when they are within twice that.
+    """
+    return 2 * (d + 4) * float(np.finfo(np.float32).eps)
+
+
+def assert_best_up_to_ties(chosen: np.ndarray, scores: np.ndarray, tolerance: float) -> None:
+    """Each row's ``chosen`` column scores within ``tolerance`` of that row's best score."""
+    picked = np.take_along_axis(scores, np.asarray(chosen).reshape(-1, 1), axis=1)[:, 0]
+    gap = scores.max(axis=1) - picked
+    worst = int(gap.argmax())
+    assert gap[worst] <= tolerance, (
+        f"row {worst}: chose {chosen[worst]} ({picked[worst]:.9f}), "
+        f"best is {scores[worst].argmax()} ({scores[worst].max():.9f}), tolerance {tolerance:.1e}"
+    )
+
+
+def min_gap_to_self(codes: torch.Tensor) -> float:
+    """Smallest margin by which each unit code beats every other code of its (sub-)codebook
+    as its own nearest neighbour: 1 - (largest cosine between two different codes)."""
+    cosines = codes @ codes.transpose(-1, -2)
+    eye = torch.eye(codes.shape[-2], dtype=torch.bool)
+    return 1 - cosines.masked_fill(eye, -1).amax().item()
 
 
 # -- the id space -----------------------------------------------------------------------------
-@SETTINGS
 @given(SIZES)
 @example((16384, 12))  # the paper's vocabulary, all 196,608 ids
 def test_split_maps_the_whole_range_onto_every_pair_once_in_raster_order(km):
@@ -66,7 +93,6 @@ def test_split_maps_the_whole_range_onto_every_pair_once_in_raster_order(km):
     assert torch.equal(merge_ids(sem, pix, k, m), flat)
 
 
-@SETTINGS
 @given(SIZES, IDS, IDS)
 def test_merge_accepts_exactly_the_pairs_inside_k_by_m(km, sem, pix):
     k, m = km
@@ -81,7 +107,6 @@ def test_merge_accepts_exactly_the_pairs_inside_k_by_m(km, sem, pix):
     assert f"{name} contains {bad}, outside the valid range [0, {upper})" in str(err.value)
 
 
-@SETTINGS
 @given(SIZES, st.lists(IDS, min_size=1, max_size=20))
 def test_split_refuses_any_id_outside_the_vocabulary_naming_it(km, ids):
     k, m = km
@@ -97,7 +122,6 @@ def test_split_refuses_any_id_outside_the_vocabulary_naming_it(km, ids):
     assert err.value.index == (ids.index(bad),)
 
 
-@SETTINGS
 @given(st.sampled_from(INT_DTYPES), st.integers(1, 2**33), st.data())
 def test_an_integer_dtype_is_refused_iff_it_cannot_hold_the_vocabulary(dtype, upper, data):
     info = torch.iinfo(dtype)
@@ -113,7 +137,6 @@ def test_an_integer_dtype_is_refused_iff_it_cannot_hold_the_vocabulary(dtype, up
             check_ids(ids, upper, "ids")
 
 
-@SETTINGS
 @given(
     st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool]),
     st.lists(st.integers(0, 255), min_size=1, max_size=10),
@@ -124,7 +147,6 @@ def test_float_and_bool_ids_are_refused_even_when_integral(dtype, values):
 
 
 # -- the quantizers ---------------------------------------------------------------------------
-@SETTINGS
 @given(
     k=st.integers(2, 12),
     m=st.integers(1, 9),
@@ -145,16 +167,13 @@ def test_sghc_picks_the_best_candidate_of_its_own_semantic_id_only(k, m, d, n, s
     assert (out.ids.min() >= 0).item() and (out.ids.max() < m).item()
     # independent brute force over the m candidates of each token's own sub-codebook, in float64
     codes, zs = unit(q.codebooks.detach().double().numpy()), unit(z.double().numpy())
-    for i in range(n):
-        scores = codes[sem[i]] @ zs[i]
-        if clear_winner(scores):
-            assert out.ids[i].item() == scores.argmax()
+    scores = np.einsum("nmd,nd->nm", codes[sem.numpy()], zs)
+    assert_best_up_to_ties(out.ids.numpy(), scores, cosine_tolerance(d))
     assert torch.equal(out.quantized, q.normalized()[sem, out.ids])  # a code of sem's own
     if steal:
         assert (out.quantized - F.normalize(stolen, dim=-1)).norm(dim=-1).min() > 1e-4
 
 
-@SETTINGS
 @given(
     k=st.integers(1, 40),
     d=st.integers(2, 8),
@@ -163,20 +182,21 @@ def test_sghc_picks_the_best_candidate_of_its_own_semantic_id_only(k, m, d, n, s
     scale=st.floats(0.01, 100),
     seed=st.integers(0, 2**31 - 1),
 )
+# Two codes within rounding of each other: rescaling flips the float32 argmax at row 33.
+@example(k=40, d=2, n=40, chunk=1, scale=70.6875, seed=23864)
 def test_semantic_nearest_is_the_cosine_argmax_for_any_chunk_size(k, d, n, chunk, scale, seed):
     torch.manual_seed(seed)
     cb = SemanticCodebook(k, d, chunk_size=chunk, kmeans_init=False)
     z = torch.randn(n, d)
     ids = cb.nearest(F.normalize(z, dim=-1))
     with torch.no_grad():
-        assert torch.equal(cb(scale * z).ids, ids)  # cosine: the scale of the input is irrelevant
+        rescaled = cb(scale * z).ids  # cosine: the input's scale is irrelevant, up to ties
     scores = unit(z.double().numpy()) @ unit(cb.codebook.double().numpy()).T
-    for i in range(n):
-        if clear_winner(scores[i]):
-            assert ids[i].item() == scores[i].argmax()
+    for chosen in (ids, rescaled):
+        assert chosen.shape == (n,) and chosen.dtype == torch.long
+        assert_best_up_to_ties(chosen.numpy(), scores, cosine_tolerance(d))
 
 
-@SETTINGS
 @given(
     lead=st.lists(st.integers(1, 4), max_size=3),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
@@ -195,11 +215,12 @@ def test_quantizers_keep_the_leading_shape_and_the_codebook_dtype(lead, dtype, k
         assert (out.ids.min() >= 0).item() and (out.ids.max() < size).item()
 
 
-@SETTINGS
 @given(st.integers(1, 3), st.data())
 def test_ids_to_features_to_ids_round_trip(batch, data):
-    """Holds whenever no two codes of a (sub-)codebook coincide, as with random codes."""
+    """Exact ids: every code is its own nearest code by a margin far above float32 rounding."""
     model = tiny()
+    for codes in (model.semantic_codebook.codebook, model.pixel_quantizer.normalized()):
+        assert min_gap_to_self(codes.detach()) > 100 * cosine_tolerance(codes.shape[-1])
     h, w = model.grid_size
     values = st.lists(
         st.integers(0, model.vocab_size - 1), min_size=batch * h * w, max_size=batch * h * w
@@ -217,7 +238,6 @@ def test_ids_to_features_to_ids_round_trip(batch, data):
 FILE_DTYPES = ["<i4", ">i4", "<i8", ">i8", "<i2", "|u1", "<u2", "<u4"]
 
 
-@SETTINGS
 @given(st.sampled_from(FILE_DTYPES), st.integers(1, 3), st.integers(0, 2**32 - 1), st.data())
 def test_read_tokens_returns_in_range_ids_unchanged_and_names_any_other(dtype, count, seed, data):
     model = tiny()
