@@ -43,13 +43,14 @@ USER_ERRORS = (
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _device(name: str | None) -> torch.device:
+def pick_device(name: str | None) -> torch.device:
+    """The named device, else CUDA when present, else the CPU."""
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _model(args: argparse.Namespace) -> SemHiTok:
     model = load_model(args.model, teacher_weights=args.teacher_weights, seed=args.seed)
-    return model.to(_device(args.device))
+    return model.to(pick_device(args.device))
 
 
 def _read_images(paths: Sequence[Path], size: int, failures: list[str]):
@@ -61,7 +62,8 @@ def _read_images(paths: Sequence[Path], size: int, failures: list[str]):
             failures.append(str(path))
 
 
-def _batches(items: Iterator, batch_size: int) -> Iterator[list]:
+def batched(items: Iterator, batch_size: int) -> Iterator[list]:
+    """Lists of ``batch_size`` items (the last may be shorter); itertools.batched is 3.12+."""
     batch = []
     for item in items:
         batch.append(item)
@@ -95,7 +97,7 @@ def _encode_files(model: SemHiTok, paths: Sequence[Path], batch_size: int, failu
     images = _read_images(paths, model.config.image_size, failures)
     start, done = time.perf_counter(), 0
     with tqdm(total=len(paths), unit="img", disable=len(paths) < 2 * batch_size) as bar:
-        for batch in _batches(images, batch_size):
+        for batch in batched(images, batch_size):
             names, crops = zip(*batch, strict=True)
             yield names, crops, model.encode(to_tensor(list(crops)).to(device))
             done += len(batch)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import USER_ERRORS, _batches, _device
+from ..cli import USER_ERRORS, batched, pick_device
 from ..images import ImageReadError
 from ..token_files import write_tokens
 from ..visualize import grid
@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace):
     return load_unified(
         args.model,
         image_tokenizer=args.image_tokenizer,
-        device=_device(args.device),
+        device=pick_device(args.device),
         torch_dtype=parse_dtype(args.dtype),
     )
 
@@ -65,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, processor = _load(args)
     args.output.mkdir(parents=True, exist_ok=True)
     ids, images = [], []
-    for start, prompts in enumerate(_batches(iter(args.prompt), args.batch_size)):
+    for start, prompts in enumerate(batched(iter(args.prompt), args.batch_size)):
         seed = None if args.seed is None else args.seed + start
         out = generate_image(
             model,
