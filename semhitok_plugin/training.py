@@ -165,7 +165,6 @@ class TrainConfig:
                 known = sorted(
                     str(p.relative_to(SHIPPED_CONFIGS))[:-5]
                     for p in SHIPPED_CONFIGS.glob("*/*.yaml")
-                    if p.parent.name != "mllm"  # the unified MLLM's stages: semhitok-qwen train
                 )
                 raise ConfigError(
                     f"no config file {str(path)!r}; shipped configs: {', '.join(known)}"
