@@ -84,7 +84,18 @@ class SemanticCodebook(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._init_checked = False  # the loaded ``initialized`` flag must be read again
+        self.reset_init_check()
+
+    @property
+    def init_pending(self) -> bool:
+        """True until an update has read the ``initialized`` buffer (and run k-means if it was
+        unset). That buffer is read once, not every step: reading it is a host-device sync."""
+        return not self._init_checked
+
+    def reset_init_check(self) -> None:
+        """Read ``initialized`` again at the next update: call it after writing the buffers from
+        outside (a loaded state, or a skipped step that put back the k-means init)."""
+        self._init_checked = False
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.codebook)

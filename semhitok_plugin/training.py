@@ -345,7 +345,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
         codebook = self.model.semantic_codebook
-        first_update = not codebook._init_checked
+        first_update = codebook.init_pending
         before = [b.clone() for b in self.forward_buffers]
         totals, norms = self._backward(batches, disc_on)
         names, flags = self._flags(totals | norms)
@@ -356,7 +356,7 @@ class Trainer:
         for buffer, old in zip(self.forward_buffers, before, strict=True):
             buffer.copy_(torch.where(bad, old, buffer))
         if first_update:  # a skipped first step also undid the k-means init: check it again
-            codebook._init_checked = False
+            codebook.reset_init_check()
         if self.ema:
             self._ema_update(bad)
         self.step += 1

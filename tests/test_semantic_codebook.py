@@ -110,6 +110,27 @@ def test_kmeans_init_reaches_a_lloyd_fixed_point():
         assert torch.dot(mean, cb.codebook[k]) > 0.999
 
 
+def test_init_flag_is_read_once_until_reset():
+    """The first update reads ``initialized`` (k-means when unset), later ones do not; a caller
+    that puts the buffers back (a skipped step) asks for the check again."""
+    cb = make_codebook(k=4, d=3, kmeans_init=True, kmeans_iters=2)
+    z = torch.randn(40, 3)
+    assert cb.init_pending
+    saved = {k: v.clone() for k, v in cb.state_dict().items()}
+    cb(z, update=True)
+    assert cb.initialized and not cb.init_pending
+    for name, buffer in cb.named_buffers():
+        if name in saved:
+            buffer.copy_(saved[name])  # the restore: uninitialised again, behind the cache's back
+    assert not cb.init_pending  # the cache still says checked: the next update would skip k-means
+    cb.reset_init_check()
+    assert cb.init_pending
+    cb(z, update=True)
+    assert cb.initialized
+    cb.load_state_dict(saved)
+    assert cb.init_pending  # a loaded state is read again too
+
+
 def test_search_runs_in_full_precision_under_autocast():
     cb = make_codebook(k=4096, d=48)
     z = torch.randn(512, 48)
