@@ -358,7 +358,7 @@ class Trainer:
         if first_update:  # a skipped first step also undid the k-means init: check it again
             codebook.reset_init_check()
         if self.ema:
-            self._ema_update(bad)
+            self.ema.update(bad.logical_not().float())
         self.step += 1
         self.flags.push(self.step, names, flags)
         return totals
@@ -444,13 +444,6 @@ class Trainer:
         elif not bad:
             opt.step()
         opt.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def _ema_update(self, bad: torch.Tensor) -> None:
-        """``WeightEMA.update`` with weight 0 on a skipped step: the shadow stays exactly."""
-        weight = (1 - self.ema.decay) * bad.logical_not().float()
-        params = [p.detach() for p in self.ema.params]
-        torch._foreach_lerp_(self.ema.shadow, params, [weight] * len(params))
 
     # -- checkpoints
     def _trainable_state(self) -> dict[str, torch.Tensor]:

@@ -20,8 +20,18 @@ class WeightEMA:
         self.shadow = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.decay)
+    def update(self, weight: torch.Tensor | float = 1.0) -> None:
+        """Move each shadow ``(1 - decay) * weight`` of the way to its weight.
+
+        ``weight`` may be a 0-d tensor on the weights' device, so a training step can pass 0 for
+        a step it skipped (the shadow stays exactly as it was) without reading that flag on the
+        host."""
+        params = [p.detach() for p in self.params]
+        step = (1 - self.decay) * weight
+        if isinstance(step, torch.Tensor):
+            torch._foreach_lerp_(self.shadow, params, [step] * len(params))
+        else:
+            torch._foreach_lerp_(self.shadow, params, step)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": self.shadow}
