@@ -592,7 +592,7 @@ def semantic_fidelity(
             if len(images) == 0:
                 continue
             # The path of the distillation loss (SemHiTok.forward, stage "semantic"), no update.
-            target, sem = model._semantic(model._to_canvas(images))
+            target, sem = model.distill(model.to_canvas(images))
             decoded = model.semantic_decoder(sem.quantized)
             cos = F.cosine_similarity(decoded.float(), target.float(), dim=-1)
             total += float(cos.double().sum())

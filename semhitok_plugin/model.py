@@ -11,6 +11,7 @@ semantic id or an understanding feature (the paper's "non-conflicting extension"
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torch import nn
 from .config import SemHiTokConfig
 from .hub import WeightsNotFoundError, is_hub_id, resolve_file
 from .ids import TokenIdError, check_ids, merge_ids, split_ids
-from .semantic_codebook import SemanticCodebook
+from .semantic_codebook import QuantizerOutput, SemanticCodebook
 from .sghc import SubCodebookQuantizer
 from .teacher import FrozenTeacher
 from .vit import PixelDecoder, PixelEncoder, TokenTransformer
@@ -42,6 +43,23 @@ class TokenizerOutput:
     flat_ids: torch.Tensor  # (B, h, w) long, in [0, K*m)
     sem_features: torch.Tensor  # (B, h*w, semantic code dim): quantised, l2-normalised
     pix_features: torch.Tensor  # (B, h*w, pixel code dim): quantised, l2-normalised
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """The losses of one training stage (:meth:`SemHiTok.forward`)."""
+
+    loss: torch.Tensor  # what the optimizer minimises: the sum of ``terms``
+    terms: dict[str, torch.Tensor]  # each weighted term by name, for logging
+    reconstruction: torch.Tensor | None = None  # pixel stages: decoded images, (B, 3, S, S)
+
+    def with_term(self, name: str, value: torch.Tensor) -> StageOutput:
+        """This output with one more term (a loss the trainer computes, e.g. perceptual)."""
+        return dataclasses.replace(self, loss=self.loss + value, terms={**self.terms, name: value})
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """``loss`` then every term: what a step logs and checks for non-finite values."""
+        return {"loss": self.loss, **self.terms}
 
 
 class SemHiTok(nn.Module):
@@ -98,7 +116,8 @@ class SemHiTok(nn.Module):
         return self.config.semantic.codebook_size
 
     # -- image plumbing ------------------------------------------------------------------------
-    def _to_canvas(self, images: torch.Tensor) -> torch.Tensor:
+    def to_canvas(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1], checked and resized to the teacher's input size."""
         size, canvas = self.config.image_size, self.config.canvas_size
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
             raise ValueError(
@@ -116,8 +135,12 @@ class SemHiTok(nn.Module):
         return images
 
     # -- branches ------------------------------------------------------------------------------
-    def _semantic(self, x: torch.Tensor, *, update: bool = False):
-        features = self.teacher(x)
+    def distill(
+        self, canvas: torch.Tensor, *, update: bool = False
+    ) -> tuple[torch.Tensor, QuantizerOutput]:
+        """The teacher's features of images on the canvas (:meth:`to_canvas`), the target of the
+        distillation, and their semantic quantisation; ``update=True`` applies one EMA step."""
+        features = self.teacher(canvas)
         return features, self.semantic_codebook(self.semantic_proj(features), update=update)
 
     def _grid(self, ids: torch.Tensor) -> torch.Tensor:
@@ -127,8 +150,8 @@ class SemHiTok(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenizerOutput:
         """Tokenize images (B, 3, S, S) in [-1, 1]."""
-        x = self._to_canvas(images)
-        _, sem = self._semantic(x)
+        x = self.to_canvas(images)
+        _, sem = self.distill(x)
         pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids)
         flat = merge_ids(sem.ids, pix.ids, self.codebook_size, self.sub_codebook_size)
         return TokenizerOutput(
@@ -178,32 +201,31 @@ class SemHiTok(nn.Module):
         return self.semantic_decoder(self.semantic_codebook.lookup(sem_ids.flatten(1)))
 
     # -- training ------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, stage: str = "pixel") -> dict[str, torch.Tensor]:
-        """Losses of one training stage; ``loss`` is their weighted sum.
+    def forward(self, images: torch.Tensor, stage: str = "pixel") -> StageOutput:
+        """The losses of one training stage.
 
         ``semantic``: cosine distillation + commitment, with one EMA codebook update in training
         mode. ``pixel`` / ``decoder``: reconstruction + SGHC codebook/commitment losses, with the
-        semantic branch run without gradients or updates; ``reconstruction`` holds the decoded
-        images for perceptual and adversarial losses added by the trainer.
+        semantic branch run without gradients or updates, and the decoded images for the
+        perceptual and adversarial losses the trainer adds.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        x = self._to_canvas(images)
+        x = self.to_canvas(images)
         if stage == "semantic":
-            target, sem = self._semantic(x, update=self.training)
-            distill = (
-                1 - F.cosine_similarity(self.semantic_decoder(sem.quantized), target, -1).mean()
-            )
-            return {"loss": distill + sem.losses["commitment"], "distill": distill, **sem.losses}
+            target, sem = self.distill(x, update=self.training)
+            cosine = F.cosine_similarity(self.semantic_decoder(sem.quantized), target, -1)
+            distill = 1 - cosine.mean()
+            terms = {"distill": distill, **sem.losses}
+            return StageOutput(distill + sem.losses["commitment"], terms)
         with torch.no_grad():
-            _, sem = self._semantic(x)
+            _, sem = self.distill(x)
         with torch.set_grad_enabled(stage == "pixel" and torch.is_grad_enabled()):
             pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids)
         recon = self.pixel_decoder(sem.quantized, pix.quantized)
         loss_fn = F.l1_loss if self.config.pixel.recon_loss == "l1" else F.mse_loss
-        rec = loss_fn(recon, x)
-        losses = {"recon": rec, **pix.losses}
-        return {"loss": sum(losses.values()), **losses, "reconstruction": self._from_canvas(recon)}
+        terms = {"recon": loss_fn(recon, x), **pix.losses}
+        return StageOutput(sum(terms.values()), terms, self._from_canvas(recon))
 
     @staticmethod
     def stage_module_names(stage: str) -> tuple[str, ...]:
@@ -339,6 +361,7 @@ __all__ = [
     "STAGES",
     "CheckpointMismatchError",
     "SemHiTok",
+    "StageOutput",
     "TokenizerOutput",
     "check_state_dict",
     "load_model",

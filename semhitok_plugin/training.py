@@ -64,7 +64,7 @@ from .config import ConfigError, SemHiTokConfig, from_plain
 from .data import DataConfig, ImageStream, eval_batches
 from .discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from .images import to_pil
-from .model import STAGES, SemHiTok
+from .model import STAGES, SemHiTok, StageOutput
 from .visualize import grid, token_map
 from .weight_ema import WeightEMA
 
@@ -371,40 +371,36 @@ class Trainer:
             images = batch["images"].to(self.device, non_blocking=True)
             sync = i == len(batches) - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
-                losses = self._generator_losses(images, disc_on)
-                (losses["loss"] / len(batches)).backward()
-            for key, value in losses.items():
-                if key != "reconstruction":
-                    totals[key] = totals.get(key, 0) + value.detach() / len(batches)
+                out = self._generator_losses(images, disc_on)
+                (out.loss / len(batches)).backward()
+            for key, value in out.scalars().items():
+                totals[key] = totals.get(key, 0) + value.detach() / len(batches)
             if disc_on:
                 reals.append(images)
-                fakes.append(losses["reconstruction"].detach())
+                fakes.append(out.reconstruction.detach())
         norms = {"grad_norm": self._grad_norm(self.params)}
         if disc_on:
             totals["disc"] = self._discriminator_backward(reals, fakes)
             norms["disc_grad_norm"] = self._grad_norm(list(self.disc.parameters()))
         return totals, norms
 
-    def _generator_losses(self, images: torch.Tensor, disc_on: bool) -> dict[str, torch.Tensor]:
-        losses = self.net(images, stage=self.cfg.stage)
+    def _generator_losses(self, images: torch.Tensor, disc_on: bool) -> StageOutput:
+        out = self.net(images, stage=self.cfg.stage)
         if self.cfg.stage == "semantic":
-            return losses
-        recon, weights = losses["reconstruction"], self.cfg.losses
+            return out
+        recon, weights = out.reconstruction, self.cfg.losses
         if self.lpips is not None:
-            losses["perceptual"] = (
-                weights.perceptual_weight * self.lpips(recon.float(), images).mean()
-            )
-            losses["loss"] = losses["loss"] + losses["perceptual"]
+            perceptual = self.lpips(recon.float(), images).mean()
+            out = out.with_term("perceptual", weights.perceptual_weight * perceptual)
         if disc_on:
             g_loss = hinge_g_loss(self.disc(recon))
             scale = weights.adversarial_weight
             if weights.adaptive_weight:
-                nll = losses["recon"] + losses.get("perceptual", 0)
+                nll = out.terms["recon"] + out.terms.get("perceptual", 0)
                 last = self.model.pixel_decoder.transformer.proj_out.weight
                 scale = scale * adaptive_weight(nll, g_loss, last)
-            losses["adversarial"] = scale * g_loss
-            losses["loss"] = losses["loss"] + losses["adversarial"]
-        return losses
+            out = out.with_term("adversarial", scale * g_loss)
+        return out
 
     def _discriminator_backward(self, reals: list, fakes: list) -> torch.Tensor:
         self.disc_opt.zero_grad(set_to_none=True)  # drop what the generator's loss left here

@@ -55,9 +55,9 @@ def test_pixel_training_never_changes_semantics(tiny_model, photos):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     model.train()
     for _ in range(3):
-        losses = model(photos, stage="pixel")
+        out = model(photos, stage="pixel")
         opt.zero_grad()
-        losses["loss"].backward()
+        out.loss.backward()
         opt.step()
     ids1, feats1, sem_state1 = snapshot(model.eval(), photos)
     assert not torch.equal(pix0, model.pixel_encoder.transformer.proj_out.weight)  # it trained
@@ -69,16 +69,18 @@ def test_pixel_training_never_changes_semantics(tiny_model, photos):
 
 def test_semantic_stage_updates_codebook_only_in_training_mode(tiny_model, photos):
     before = tiny_model.semantic_codebook.codebook.clone()
-    losses = tiny_model.eval()(photos, stage="semantic")
+    out = tiny_model.eval()(photos, stage="semantic")
     assert torch.equal(before, tiny_model.semantic_codebook.codebook)
-    assert set(losses) == {"loss", "distill", "commitment"}
+    assert list(out.scalars()) == ["loss", "distill", "commitment"]
+    assert torch.equal(out.loss, out.terms["distill"] + out.terms["commitment"])
+    assert out.reconstruction is None
     tiny_model.train()(photos, stage="semantic")
     assert not torch.equal(before, tiny_model.semantic_codebook.codebook)
 
 
 def test_semantic_stage_gradients_reach_only_semantic_modules(tiny_model, photos):
     params = tiny_model.freeze_for("semantic")
-    tiny_model.train()(photos, stage="semantic")["loss"].backward()
+    tiny_model.train()(photos, stage="semantic").loss.backward()
     assert all(p.grad is not None for p in params)
     assert all(p.grad is None for n, p in tiny_model.named_parameters() if n.startswith("pixel"))
     assert all(not p.requires_grad for p in tiny_model.teacher.parameters())
@@ -86,9 +88,22 @@ def test_semantic_stage_gradients_reach_only_semantic_modules(tiny_model, photos
 
 def test_decoder_stage_trains_only_the_decoder(tiny_model, photos):
     tiny_model.freeze_for("decoder")
-    tiny_model.train()(photos, stage="decoder")["loss"].backward()
+    tiny_model.train()(photos, stage="decoder").loss.backward()
     for name, p in tiny_model.named_parameters():
         assert (p.grad is not None) == name.startswith("pixel_decoder."), name
+
+
+def test_pixel_stage_output_and_the_distillation_path(tiny_model, photos):
+    out = tiny_model.eval()(photos, stage="pixel")
+    assert list(out.terms) == ["recon", "codebook", "commitment"]
+    assert out.reconstruction.shape == photos.shape
+    more = out.with_term("perceptual", torch.tensor(0.5))
+    assert torch.equal(more.loss, out.loss + 0.5)
+    assert list(more.scalars()) == ["loss", "recon", "codebook", "commitment", "perceptual"]
+    target, sem = tiny_model.distill(tiny_model.to_canvas(photos))
+    grid = tiny_model.grid_size
+    assert target.shape == (len(photos), grid[0] * grid[1], tiny_model.teacher.embed_dim)
+    assert torch.equal(sem.ids, tiny_model.encode(photos).sem_ids.flatten(1))
 
 
 @pytest.mark.parametrize("concat", ["channel", "sequence", "none", "semantic"])

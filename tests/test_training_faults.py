@@ -2,6 +2,7 @@
 diverged run stops with a clear error and a finite last checkpoint, SIGTERM checkpoints and exits
 0, a failing disk leaves the previous checkpoint loadable. SIGKILL + resume: test_training.py."""
 
+import copy
 import errno
 import json
 import os
@@ -212,13 +213,17 @@ def test_the_discriminator_learns_from_its_own_loss_only(stage1, tmp_path, photo
     config |= tf.pixel_overrides(stage1, losses={"perceptual_weight": 0.0, "disc_start": 0})
     trainer = Trainer(TrainConfig.load_dict(config))
     batch = next(iter(trainer.stream))
-    trainer._backward([batch], disc_on=True)
-    got = [p.grad.clone() for p in trainer.disc.parameters()]
     images = batch["images"]
-    with torch.no_grad():
-        fakes = trainer.model(images, stage="pixel")["reconstruction"]
-    d_loss = hinge_d_loss(trainer.disc(images), trainer.disc(fakes))
-    expected = torch.autograd.grad(d_loss, list(trainer.disc.parameters()))
+    with torch.no_grad():  # the step's fakes: the generator before its update
+        fakes = trainer.model(images, stage="pixel").reconstruction
+    disc = copy.deepcopy(trainer.disc)  # the discriminator before its update
+    got = []
+    trainer.disc_opt.register_step_pre_hook(
+        lambda *_: got.extend(p.grad.clone() for p in trainer.disc.parameters())
+    )
+    trainer.train_step([batch])
+    d_loss = hinge_d_loss(disc(images), disc(fakes))
+    expected = torch.autograd.grad(d_loss, list(disc.parameters()))
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)  # without the fix: off by ~100 %
 

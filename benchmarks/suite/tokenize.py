@@ -84,7 +84,7 @@ def build(preset: str, device: torch.device):
 def ops_for(model, images: torch.Tensor, ctx: Context) -> dict:
     """The timed ops on one batch; parts get the tensors they would see inside encode/decode."""
     with torch.no_grad(), autocast(ctx):
-        x = model._to_canvas(images)
+        x = model.to_canvas(images)
         features = model.teacher(x)
         sem = model.semantic_codebook(model.semantic_proj(features))
         pix_z = model.pixel_encoder(x)
