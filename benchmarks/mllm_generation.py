@@ -15,7 +15,10 @@ default, 16 × 16 is the paper's 256 px), since only its codebooks matter here. 
 image tokens delivered; CFG runs two streams per image. Sampling is top-k 100, seed fixed, no
 pixel decoding. CPU runs use float32, CUDA runs bfloat16.
 
-    python benchmarks/mllm_generation.py [--lm tiny] [--images 1] [--rounds 3] [--device cpu]
+    PYTHONPATH=tests python benchmarks/mllm_generation.py [--lm tiny] [--images 1] [--rounds 3] \
+        [--device cpu]
+
+(from the repository root: the tiny text tokenizer is a test fixture, ``semhitok_fixtures``).
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ from pathlib import Path
 import torch
 from quantizer import write_report  # sibling script: one machine record for all reports
 
+from semhitok_fixtures.tiny_qwen import tiny_tokenizer
 from semhitok_plugin import SemHiTok, get_preset
-from semhitok_plugin.mllm import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM
-from semhitok_plugin.mllm.generation import generate_image
-from semhitok_plugin.mllm.processor import SemHiTokQwenProcessor, add_image_markers
-from semhitok_plugin.mllm.tiny import tiny_tokenizer
+from semhitok_qwen import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM, generate_image
+from semhitok_qwen.processor import SemHiTokQwenProcessor, add_image_markers
 
 QWEN_TEXT_ROWS = 151_936
 LM_SHAPES = {  # hidden, layers, heads, kv heads, MLP width (Qwen2.5 configs on the hub)

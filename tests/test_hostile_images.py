@@ -1,4 +1,4 @@
-"""Hostile and odd image files (``semhitok_plugin.testing.hostile_images``) through the reader,
+"""Hostile and odd image files (``semhitok_fixtures.hostile_images``) through the reader,
 the training and evaluation loaders and ``semhitok encode``."""
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from semhitok_plugin import images
-from semhitok_plugin.cli import main
-from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
-from semhitok_plugin.images import ImageReadError, center_crop, load_image, to_rgb
-from semhitok_plugin.testing.hostile_images import (
+from semhitok_fixtures.hostile_images import (
     BAD,
     GREEN,
     ODD,
@@ -34,6 +30,10 @@ from semhitok_plugin.testing.hostile_images import (
     probe,
     write_hostile_images,
 )
+from semhitok_plugin import images
+from semhitok_plugin.cli import main
+from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
+from semhitok_plugin.images import ImageReadError, center_crop, load_image, to_rgb
 
 SIZE = 32
 BAD_NAMES = [name for name, _, _ in BAD]
@@ -56,10 +56,57 @@ def _logged(caplog) -> list[str]:
     return [r.args[0] for r in caplog.records if r.name == "semhitok_plugin.data"]
 
 
-def test_probe_reports_only_guaranteed_outcomes(tmp_path):
-    rows = probe(tmp_path)
-    assert len(rows) == len(BAD) + len(ODD) + 3
-    assert [row for row in rows if not row.ok] == []
+# --- the probe behind docs/bad-inputs.md: one row per file, then one per entry point -------------
+
+# Why each bad file is refused, as the loaders log it (the start of the row's outcome).
+REFUSALS = {
+    "empty.jpg": "cannot identify image file 'empty.jpg'",
+    "notes.jpg": "cannot identify image file 'notes.jpg'",
+    "truncated.jpg": "image file is truncated",
+    "truncated.png": "image file is truncated",
+    "broken-chunk.png": "broken PNG file",
+    "bad-tag.tif": "'float' object cannot be interpreted as an integer",
+    "postscript.jpg": "cannot identify image file 'postscript.jpg'",
+    "bomb-10000x10000.png": "10000x10000 = 100,000,000 pixels is over the limit of 67,108,864",
+    "bomb-100000x100000.png": "Image size (10000000000 pixels) exceeds limit",
+    "bomb-65535x65535.gif": "Image size (4294836225 pixels) exceeds limit",
+}
+REFUSED = "skipped and counted by both loaders, encode exits 1 naming the file, writes no tokens"
+ALL_AT_ONCE = f"all {len(BAD) + len(ODD)} files at once ({len(BAD)} bad, {len(ODD)} odd)"
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    """{(input, entry point): outcome} of every row the probe reports."""
+    rows = probe(tmp_path_factory.mktemp("probe"))
+    table = {(row.input, row.entry_point): row.outcome for row in rows}
+    assert len(table) == len(rows) == len(BAD) + len(ODD) + 3
+    return table
+
+
+@pytest.mark.parametrize("name, description", [(name, words) for name, words, _ in BAD])
+def test_probe_row_of_a_bad_file(probed, name, description):
+    outcome = probed[(description, "training loader, evaluation loader, semhitok encode")]
+    assert outcome.startswith(f"refused ({REFUSALS[name]}")
+    assert outcome.endswith(f"); {REFUSED}")
+
+
+@pytest.mark.parametrize("odd", ODD, ids=ODD_NAMES)
+def test_probe_row_of_an_odd_file(probed, odd):
+    width, height = odd.size
+    assert probed[(odd.description, "training loader, evaluation loader, semhitok encode")] == (
+        f"read as displayed ({len(odd.colours)} colour(s) and size {width}x{height} checked); "
+        "kept by both loaders, centre crop colour right; encode exits 0"
+    )
+
+
+def test_probe_rows_of_the_whole_corpus(probed):
+    loaded = f"{len(ODD)} images, skipped count {len(BAD)}, {len(BAD)} files logged by name"
+    assert probed[(ALL_AT_ONCE, "training loader (one epoch)")] == loaded
+    assert probed[(ALL_AT_ONCE, "evaluation loader")] == loaded
+    assert probed[(ALL_AT_ONCE, "semhitok encode")] == (
+        f"exit 1; tokens for {len(ODD)} images; {len(BAD)} failures named"
+    )
 
 
 # --- loaders --------------------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """SemHiTok inside LLaVA-v1.5, through LLaVA's own code (llava-torch 1.2.2, tiny random Llama).
 
-The module fixture builds the smoke run's tiny world (``semhitok_llava.smoke``: SentencePiece
-Llama tokenizer, random 2-layer Llama, four real photos, LLaVA-format JSON, tiny SemHiTok), then
-runs LLaVA's ``train()`` twice like the v1.5 recipe: a projector-only pretrain in a fresh
-interpreter through the ``python -m semhitok_llava.train`` launcher, and a finetune that loads its
-``mm_projector.bin``, in this process so the trained model can be compared with what LLaVA
-reloads from disk.
+The module fixture builds the smoke run's tiny world (``semhitok_fixtures.llava_smoke``:
+SentencePiece Llama tokenizer, random 2-layer Llama, four real photos, LLaVA-format JSON, tiny
+SemHiTok), then runs LLaVA's ``train()`` twice like the v1.5 recipe: a projector-only pretrain in
+a fresh interpreter through the ``python -m semhitok_llava.train`` launcher, and a finetune that
+loads its ``mm_projector.bin``, in this process so the trained model can be compared with what
+LLaVA reloads from disk.
 """
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -29,13 +30,13 @@ from llava.model.builder import load_pretrained_model
 from PIL import Image
 from transformers import LlamaTokenizer
 
+from semhitok_fixtures.llava_smoke import QUESTION, build_world, losses, train_args, vqa_args
 from semhitok_llava import train as launcher
 from semhitok_llava.compat import (
     NamingImageModule,
     check_transformers_for_training,
     name_image_errors,
 )
-from semhitok_llava.smoke import QUESTION, build_world, losses, train_args, vqa_args
 from semhitok_llava.tower import SemHiTokVisionTower, weights_digest
 from semhitok_plugin import (
     CheckpointMismatchError,
@@ -350,3 +351,19 @@ def test_training_refuses_a_transformers_version_known_to_break(monkeypatch):
 def test_activate_names_the_installed_integrations():
     with pytest.raises(ConfigError, match="known: llamagen, llava"):
         activate("no-such-framework")
+
+
+def test_the_smoke_run_is_a_dev_script_run_from_the_repository_root():
+    """``PYTHONPATH=tests python -m semhitok_fixtures.llava_smoke`` (the README's command); the
+    shipped ``semhitok_llava`` carries no smoke module."""
+    env = {**os.environ, "PYTHONPATH": "tests"}
+    result = subprocess.run(
+        [sys.executable, "-m", "semhitok_fixtures.llava_smoke", "--help"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m semhitok_fixtures.llava_smoke")
+    assert importlib.util.find_spec("semhitok_llava.smoke") is None

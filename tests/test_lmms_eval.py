@@ -1,7 +1,11 @@
 """The lmms-eval model ``semhitok_qwen`` and the local-data tasks, against lmms-eval 0.7.3 itself:
 the real CLI in a subprocess, and the model class fed lmms-eval ``Instance`` objects."""
 
+import importlib.util
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,13 @@ datasets = pytest.importorskip("datasets")
 
 from lmms_eval.api.instance import Instance  # noqa: E402
 
+from semhitok_fixtures.lmms_eval_smoke import (  # noqa: E402
+    POPE_QUESTIONS,
+    lmms_eval_command,
+    offline_env,
+    write_sample_pope,
+)
+from semhitok_fixtures.tiny_qwen import save_tiny_unified  # noqa: E402
 from semhitok_lmms_eval.generation import (  # noqa: E402
     StopOnStrings,
     split_generation_kwargs,
@@ -19,16 +30,9 @@ from semhitok_lmms_eval.generation import (  # noqa: E402
 )
 from semhitok_lmms_eval.local_tasks import TASKS, write  # noqa: E402
 from semhitok_lmms_eval.model import SemHiTokQwen, with_placeholders  # noqa: E402
-from semhitok_lmms_eval.smoke import (  # noqa: E402
-    POPE_QUESTIONS,
-    lmms_eval_command,
-    offline_env,
-    write_sample_pope,
-)
-from semhitok_plugin.mllm import SemHiTokQwen2ForCausalLM  # noqa: E402
-from semhitok_plugin.mllm.generation import TextOnly  # noqa: E402
-from semhitok_plugin.mllm.tiny import save_tiny_unified  # noqa: E402
 from semhitok_plugin.samples import sample_photo  # noqa: E402
+from semhitok_qwen import SemHiTokQwen2ForCausalLM  # noqa: E402
+from semhitok_qwen.generation import TextOnly  # noqa: E402
 
 PHOTOS = tuple(POPE_QUESTIONS)
 QUESTIONS = tuple(q for q, _ in POPE_QUESTIONS.values())
@@ -310,3 +314,18 @@ def test_gqa_questions_get_their_images_joined(docs):
     joined = join_gqa_images(questions, images)
     assert [row["image"].size for row in joined] == [docs[i]["image"].size for i in (2, 0, 2)]
     assert joined[1]["question"] == "b"
+
+
+def test_the_smoke_run_is_a_dev_script_run_from_the_repository_root():
+    """``PYTHONPATH=tests python -m semhitok_fixtures.lmms_eval_smoke`` (the README's command);
+    the shipped ``semhitok_lmms_eval`` carries no smoke module."""
+    result = subprocess.run(
+        [sys.executable, "-m", "semhitok_fixtures.lmms_eval_smoke", "--help"],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": "tests"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m semhitok_fixtures.lmms_eval_smoke")
+    assert importlib.util.find_spec("semhitok_lmms_eval.smoke") is None

@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from semhitok_fixtures.tiny_qwen import save_tiny_qwen, save_tiny_unified
 from semhitok_plugin import CheckpointMismatchError, SemHiTok, TokenIdError, get_preset, load_model
-from semhitok_plugin.mllm import (
+from semhitok_plugin.samples import sample_photo
+from semhitok_qwen import (
     IGNORE_INDEX,
     IMAGE_END,
     IMAGE_START,
@@ -19,9 +21,7 @@ from semhitok_plugin.mllm import (
     load_unified,
     save_unified,
 )
-from semhitok_plugin.mllm.generation import chat, generate_image, sample_next
-from semhitok_plugin.mllm.tiny import save_tiny_qwen, save_tiny_unified
-from semhitok_plugin.samples import sample_photo
+from semhitok_qwen.generation import chat, generate_image, sample_next
 
 VQA = [
     {"role": "user", "content": "<image>\nWhat is in the picture?"},

@@ -4,12 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
-from semhitok_plugin.mllm import load_unified
-from semhitok_plugin.mllm.cli import main
-from semhitok_plugin.mllm.generation import chat, generate_image
-from semhitok_plugin.mllm.tiny import save_tiny_qwen, save_tiny_unified
+from semhitok_fixtures import tiny_qwen
+from semhitok_fixtures.tiny_qwen import save_tiny_qwen, save_tiny_unified
 from semhitok_plugin.samples import sample_photo
 from semhitok_plugin.token_files import read_tokens
+from semhitok_qwen import load_unified
+from semhitok_qwen.cli import main
+from semhitok_qwen.generation import chat, generate_image
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,15 @@ def test_bad_arguments_exit_2_naming_the_problem(model_dir, args, message, capsy
 def test_a_folder_that_is_not_a_model_is_named(tmp_path, capsys):
     assert main(["generate", "-m", str(tmp_path), "a cat"]) == 2
     assert f"{tmp_path} is not a model folder: no config.json" in capsys.readouterr().err
+
+
+def test_the_tiny_model_comes_from_a_dev_script_not_the_shipped_cli(tmp_path, capsys):
+    """``PYTHONPATH=tests python -m semhitok_fixtures.tiny_qwen -o DIR`` (the README's smoke run)
+    writes a loadable tiny model; ``semhitok-qwen`` itself has no test-only subcommand."""
+    with pytest.raises(SystemExit):
+        main(["tiny", "-o", str(tmp_path / "cli")])
+    assert "invalid choice: 'tiny'" in capsys.readouterr().err
+    assert tiny_qwen.main(["-o", str(tmp_path / "tiny"), "--seed", "1"]) == 0
+    assert capsys.readouterr().out == f"wrote a tiny random unified MLLM to {tmp_path / 'tiny'}\n"
+    model, processor = load_unified(tmp_path / "tiny")
+    assert model.image_vocab.size == processor.image_tokenizer.vocab_size == 256

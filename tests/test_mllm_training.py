@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from semhitok_fixtures.tiny_qwen import save_tiny_unified
 from semhitok_plugin.config import ConfigError
-from semhitok_plugin.mllm import IGNORE_INDEX, load_unified
-from semhitok_plugin.mllm.data import (
+from semhitok_qwen import IGNORE_INDEX, load_unified
+from semhitok_qwen.data import (
     Collator,
     DataFormatError,
     Record,
@@ -19,9 +20,8 @@ from semhitok_plugin.mllm.data import (
     read_jsonl,
     write_sample_jsonl,
 )
-from semhitok_plugin.mllm.tiny import save_tiny_unified
-from semhitok_plugin.mllm.train import (
-    CONFIGS,
+from semhitok_qwen.train import (
+    DEEPSPEED_CONFIGS,
     STAGES,
     add_arguments,
     build_trainer,
@@ -345,6 +345,6 @@ def test_stage_configs_and_overrides(tmp_path):
     with pytest.raises(ConfigError, match="learning_rat"):
         load_stage_config("finetune", override)
     for zero in ("zero2", "zero3"):
-        config = json.loads((CONFIGS / "deepspeed" / f"{zero}.json").read_text())
+        config = json.loads((DEEPSPEED_CONFIGS / f"{zero}.json").read_text())
         assert config["zero_optimization"]["stage"] == int(zero[-1])
         assert config["train_micro_batch_size_per_gpu"] == "auto"

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from semhitok_fixtures.bad_tokens import MODEL, token_arrays
 from semhitok_plugin import load_model
 from semhitok_plugin.ids import TokenIdError, check_ids, merge_ids, split_ids
 from semhitok_plugin.semantic_codebook import SemanticCodebook
 from semhitok_plugin.sghc import SubCodebookQuantizer
-from semhitok_plugin.testing.bad_tokens import MODEL, token_arrays
 from semhitok_plugin.token_files import TokenFileError, read_tokens
 
 SIZES = st.tuples(st.integers(1, 300), st.integers(1, 16))  # (K, m)

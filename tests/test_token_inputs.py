@@ -1,6 +1,6 @@
-"""Malformed token inputs (issue 8): every one is refused with an error that names the problem
+"""Malformed token inputs: every one is refused with an error that names the problem
 and, for files, the file; none decodes to an image. The inputs are the builders of
-``semhitok_plugin.testing.bad_tokens``, fed through the real CLI and API."""
+``semhitok_fixtures.bad_tokens``, fed through the real CLI and API."""
 
 import contextlib
 import os
@@ -17,11 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semhitok_llamagen import SemHiTokVQModel
-from semhitok_plugin import TokenIdError, load_model, token_files
-from semhitok_plugin.cli import main
-from semhitok_plugin.images import to_pil
-from semhitok_plugin.testing.bad_tokens import (
+from semhitok_fixtures.bad_tokens import (
     BOMB_BYTES,
     BOMB_LIMIT,
     MODEL,
@@ -33,6 +29,10 @@ from semhitok_plugin.testing.bad_tokens import (
     token_byte_limit,
     write_bad_token_files,
 )
+from semhitok_llamagen import SemHiTokVQModel
+from semhitok_plugin import TokenIdError, load_model, token_files
+from semhitok_plugin.cli import main
+from semhitok_plugin.images import to_pil
 from semhitok_plugin.token_files import TokenFileError, read_tokens
 
 
@@ -42,15 +42,132 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory):
-    return probe(tmp_path_factory.mktemp("tokens"))
+def probed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokens")
+    return directory, probe(directory)
 
 
-def test_every_token_probe_gets_its_guaranteed_outcome(probes):
-    failed = [f"{p.entry_point} / {p.input}: {p.outcome}" for p in probes if not p.ok]
-    assert not failed, "\n".join(failed)
+@pytest.fixture(scope="module")
+def probes(probed):
+    return probed[1]
+
+
+VOCAB = "outside the valid range [0, 256)"
+WIDE = "which cannot hold every id in [0, 256) exactly (ids may have wrapped around): use int32"
+# (entry point, start of the input's words, start of the outcome the probe must report)
+EXPECTED = [
+    ("semhitok decode", "not a zip archive", "exit 2: error: not_a_zip.npz is not a SemHiTok "
+     "token file: no zip signature (starts with b'ids!')"),
+    ("semhitok decode", "archive cut in half", "exit 2: error: truncated.npz is not a SemHiTok "
+     "token file (.npz): File is not a zip file"),
+    ("semhitok decode", "a bare .npy array", "exit 2: error: single_array.npz holds a single "
+     ".npy array, not a .npz token archive"),
+    ("semhitok decode", "flat_ids header declares", "exit 2: error: lying_header.npz: "
+     "flat_ids.npy declares a (100000000000, 8, 8) int32 array (25,600,000,000,000 bytes) but "
+     "holds 64 bytes"),
+    ("semhitok decode", "archive without flat_ids", "exit 2: error: no_flat_ids.npz lacks "
+     "flat_ids (it holds ['grid', 'vocab_size', 'model', 'files'])"),
+    ("semhitok decode", "flat_ids as a pickled object array", "exit 2: error: pickled_ids.npz: "
+     "unreadable token archive: Object arrays cannot be loaded when allow_pickle=False"),
+    ("semhitok decode", "a pickle, not an archive", "exit 2: error: pickle.npz is not a "
+     "SemHiTok token file: no zip signature (starts with b'\\x80"),
+    ("semhitok decode", "float32 ids", "exit 2: error: float_ids.npz: flat_ids must be integer "
+     "ids, got float32 (ids are never rounded)"),
+    ("semhitok decode", "float64 ids with a NaN", "exit 2: error: nan_ids.npz: flat_ids must be "
+     "integer ids, got float64 (ids are never rounded)"),
+    ("semhitok decode", "bool ids", "exit 2: error: bool_ids.npz: flat_ids must be integer ids, "
+     "got bool (ids are never rounded)"),
+    ("semhitok decode", "int64 id 2**32 + 7", "exit 2: error: int64_beyond_int32.npz: flat_ids "
+     f"contains 4294967303, {VOCAB} (first at index (1, 2, 3)) (image 'photos/b.png')"),
+    ("semhitok decode", "uint64 id 2**63 + 7", "exit 2: error: uint64_ids.npz: flat_ids has "
+     f"dtype torch.uint64, {WIDE}"),
+    ("semhitok decode", "int8 ids for a 256-id vocabulary", "exit 2: error: int8_ids.npz: "
+     f"flat_ids has dtype torch.int8, {WIDE}"),
+    ("semhitok decode", "a negative id", "exit 2: error: negative_ids.npz: flat_ids contains -1, "
+     f"{VOCAB} (first at index (1, 2, 3)) (image 'photos/b.png')"),
+    ("semhitok decode", "an id equal to vocab_size", "exit 2: error: id_at_vocab_size.npz: "
+     f"flat_ids contains 256, {VOCAB} (first at index (1, 2, 3)) (image 'photos/b.png')"),
+    ("semhitok decode", "ids (2, 4, 16) with grid metadata 8x8", "exit 2: error: "
+     "wrong_grid_ids.npz: flat_ids has shape (2, 4, 16), expected (N, 8, 8) for the file's grid"),
+    ("semhitok decode", "grid metadata 16x16", "exit 2: error: grid_metadata.npz holds ids of a "
+     "tokenizer with vocab 256 and grid (16, 16) (model 'tiny'); this model has vocab 256 and "
+     "grid (8, 8)"),
+    ("semhitok decode", "written by siglip-l16-256", "exit 2: error: other_preset.npz holds ids "
+     "of a tokenizer with vocab 196608 and grid (16, 16) (model 'siglip-l16-256'); this model "
+     "has vocab 256 and grid (8, 8)"),
+    ("semhitok decode", "written by a K=128 x m=4", "exit 2: error: other_vocabulary.npz holds "
+     "ids of a tokenizer with vocab 512 and grid (8, 8) (model 'k128-m4'); this model has vocab "
+     "256 and grid (8, 8)"),
+    ("semhitok decode", "same vocab and grid", "exit 2: error: other_model.npz was written by "
+     "model 'another-tiny-checkpoint', not 'tiny': another tokenizer's codes would give a wrong "
+     "image. Decode with -m another-tiny-checkpoint, or pass --allow-other-model"),
+    ("semhitok decode", "1 file name for 2 token maps", "exit 2: error: files_count.npz: files "
+     "must name each of the 2 token maps, got (1,)"),
+    ("semhitok decode", "vocab_size as an array of 2", "exit 2: error: vocab_array.npz: "
+     "vocab_size must be one integer, got array([256, 256])"),
+    ("semhitok decode", "grid as a single number", "exit 2: error: grid_scalar.npz: grid must be "
+     "2 integers (rows, cols), got array(8, dtype=int32)"),
+    ("semhitok decode", "deflate bomb", "exit 2: error: deflate_bomb.npz inflates to 67,109,408 "
+     "bytes, over the limit of 16,777,216"),
+    ("semhitok decode", "big-endian int32 ids", "decoded; 2 images identical to the "
+     "native-order file's"),
+    ("semhitok decode", "two images with the same file stem", "2 images written: x-00000.png, "
+     "x-00001.png"),
+    ("SemHiTok.decode", "float ids", "TokenIdError: flat_ids must be an integer tensor, got "
+     "dtype torch.float32"),
+    ("SemHiTok.decode", "an id equal to vocab_size", f"TokenIdError: flat_ids contains 256, "
+     f"{VOCAB} (first at index (0, 2, 5))"),
+    ("SemHiTok.decode", "a negative id", f"TokenIdError: flat_ids contains -1, {VOCAB} (first "
+     "at index (0, 0, 0))"),
+    ("SemHiTok.decode", "ids (1, 4, 16)", "TokenIdError: flat_ids must have shape (B, 8, 8) or "
+     "(B, 64) for this tokenizer, got (1, 4, 16)"),
+    ("SemHiTok.decode", "int8 ids", f"TokenIdError: flat_ids has dtype torch.int8, {WIDE}"),
+    ("SemHiTok.decode", "a numpy array", "TokenIdError: flat_ids must be a torch tensor, got "
+     "ndarray"),
+    ("SemHiTok.semantic_features", "sem_id equal to K", "TokenIdError: sem_ids contains 64, "
+     "outside the valid range [0, 64) (first at index (0, 0, 0))"),
+    ("SemHiTok.semantic_features", "sem_ids (1, 2, 32)", "TokenIdError: sem_ids must have shape "
+     "(B, 8, 8) or (B, 64) for this tokenizer, got (1, 2, 32)"),
+    ("merge_ids", "pix_id equal to m", "TokenIdError: pix_ids contains 4, outside the valid "
+     "range [0, 4) (first at index (0, 0, 0))"),
+    ("split_ids", "float flat ids", "TokenIdError: flat_ids must be an integer tensor, got dtype "
+     "torch.float64"),
+    ("LlamaGen decode_code", "float codes", "TokenIdError: codes must be an integer tensor, got "
+     "dtype torch.float32"),
+    ("LlamaGen decode_code", "int64 code 2**32 + 7", f"TokenIdError: codes contains 4294967303, "
+     f"{VOCAB} (first at index (0,))"),
+    ("LlamaGen decode_code", "shape [1, C, 4, 16]", "TokenIdError: shape asks for a 4x16 grid, "
+     "this tokenizer's is 8x8: use --image-size 64 and --downsample-size 8"),
+    ("LLaVA tower features_from_ids", "float ids", "TokenIdError: flat_ids must be an integer "
+     "tensor, got dtype torch.float32"),
+    ("LLaVA tower features_from_ids", "an id equal to vocab_size", "TokenIdError: flat_ids "
+     f"contains 256, {VOCAB} (first at index (0, 21))"),
+    ("MLLM processor.decode", "a text id inside an image", "ValueError: the image opened at "
+     "position 0 is not 64 image ids closed by <|image_end|>"),
+    ("MLLM processor.decode", "an id past the image range", "ValueError: the image opened at "
+     "position 0 is not 64 image ids closed by <|image_end|>"),
+    ("MLLM processor.encode_images", "float image ids", "TokenIdError: image ids must be an "
+     "integer tensor, got dtype torch.float32"),
+    ("MLLM processor.encode_images", "image id equal to K*m", "TokenIdError: image ids contains "
+     f"256, {VOCAB} (first at index (0,))"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "entry, words, expected", EXPECTED, ids=[f"{e}: {w}" for e, w, _ in EXPECTED]
+)
+def test_each_token_probe_reports_its_outcome(probes, entry, words, expected):
+    (outcome,) = [p.outcome for p in probes if p.entry_point == entry and p.input.startswith(words)]
+    assert outcome.startswith(expected)
+
+
+def test_the_token_probes_are_those_expected_and_decode_nothing_they_refuse(probed):
+    directory, probes = probed
     assert {p.family for p in probes} == {"tokens"}
-    assert len({(p.entry_point, p.input) for p in probes}) == len(probes)
+    assert len({(p.entry_point, p.input) for p in probes}) == len(probes) == len(EXPECTED)
+    decoded = sorted(p.name for p in directory.glob("*.decoded"))
+    assert decoded == ["big_endian.decoded", "native.decoded", "same_stem.decoded"]
+    assert not (directory / PICKLE_MARKER).exists()
 
 
 def test_the_probes_reach_every_entry_point_that_takes_ids(probes):

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
+from semhitok_fixtures import training_faults as tf
+from semhitok_fixtures.training_faults import kill_and_resume, run_differences
 from semhitok_plugin import ConfigError, SemHiTok
 from semhitok_plugin.samples import write_sample_photos
-from semhitok_plugin.testing import training_faults as tf
-from semhitok_plugin.testing.training_faults import kill_and_resume, run_differences
 from semhitok_plugin.training import TrainConfig, build_stage_model, train
 
 SMALL = {"pixel": {"encoder": {"width": 64, "depth": 2, "heads": 2}}}

@@ -1,4 +1,4 @@
-"""Training faults (issue 8): a NaN/inf step is skipped on the device and changes nothing, a
+"""Training faults: a NaN/inf step is skipped on the device and changes nothing, a
 diverged run stops with a clear error and a finite last checkpoint, SIGTERM checkpoints and exits
 0, a failing disk leaves the previous checkpoint loadable. SIGKILL + resume: test_training.py."""
 
@@ -12,6 +12,7 @@ import signal
 import pytest
 import torch
 
+from semhitok_fixtures import training_faults as tf
 from semhitok_plugin import ConfigError
 from semhitok_plugin.checkpoint import (
     CheckpointWriteError,
@@ -19,7 +20,6 @@ from semhitok_plugin.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from semhitok_plugin.testing import training_faults as tf
 from semhitok_plugin.training import TrainConfig, Trainer, TrainingPreempted, train
 
 
@@ -49,7 +49,14 @@ def test_a_nan_batch_is_skipped_reported_and_changes_nothing(
     extra |= {"optim": {"lr": 1e-3, "fused": fused}}
     handler = signal.getsignal(signal.SIGTERM)
     probe = tf.one_bad_batch_case(tmp_path, photo_dir, **extra)
-    assert probe.ok, probe.outcome
+    assert probe.input == f"one NaN batch ({stage} stage)"
+    assert probe.outcome.startswith(
+        "skipped and counted (1 of 4 steps; max_bad_steps=5): step 3 skipped: non-finite loss"
+    )
+    parts = (
+        "weights, optimizer, EMA, discriminator" if stage == "pixel" else "weights, optimizer, EMA"
+    )
+    assert probe.outcome.endswith(f"; {parts} and codebook unchanged by it; run finished")
     assert signal.getsignal(signal.SIGTERM) == handler  # the trainer's handler is gone again
     run = tmp_path / "run"
     lines = tf.metrics(run)
@@ -81,8 +88,11 @@ def test_a_nan_batch_is_skipped_reported_and_changes_nothing(
 
 def test_consecutive_bad_steps_stop_the_run_with_a_finite_last_checkpoint(tmp_path, photo_dir):
     probe = tf.bad_streak_case(tmp_path, photo_dir)
-    assert probe.ok, probe.outcome
-    assert "TrainingDiverged: training diverged: 3 consecutive steps" in probe.outcome
+    assert probe.outcome.startswith(
+        "TrainingDiverged: training diverged: 3 consecutive steps (max_bad_steps=3), steps 3-5, "
+        "had a non-finite loss or gradient (step 5: loss"
+    )
+    assert probe.outcome.endswith("Checkpoints left: step_00000002.pt, step_00000004.pt (finite)")
     run = tmp_path / "run"
     last = latest_checkpoint(run / "checkpoints")
     assert f"last good checkpoint: {last}" in probe.outcome
@@ -133,19 +143,26 @@ def test_sigterm_in_process_stops_within_two_steps_with_a_checkpoint(tmp_path, p
 
 def test_sigterm_through_the_cli_exits_zero_and_resume_continues(tmp_path, photo_dir):
     probe = tf.sigterm_case(tmp_path, photo_dir)
-    assert probe.ok, probe.outcome
     run = tmp_path / "run"
     steps = [m["step"] for m in tf.metrics(run)]
     stopped = steps[-1] - 2  # the resumed run added two steps
+    assert probe.outcome == (
+        f"exit status 0; checkpoint step_{stopped:08d}.pt at the step reached ({stopped}); "
+        f"--resume: exit status 0, continued from step {stopped} to {stopped + 2} and exported"
+    )
+    assert (run / "final" / "model.safetensors").is_file()
     assert load_checkpoint(run / "checkpoints" / f"step_{stopped:08d}.pt")["step"] == stopped
     assert steps == list(range(1, stopped + 3))  # no step lost or logged twice
 
 
 def test_disk_full_mid_checkpoint_stops_the_run_and_keeps_the_previous_one(tmp_path, photo_dir):
     probe = tf.disk_full_case(tmp_path, photo_dir)
-    assert probe.ok, probe.outcome
     folder = tmp_path / "run" / "checkpoints"
-    assert f"could not write checkpoint file {folder / 'step_00000002.pt'}" in probe.outcome
+    assert probe.outcome == (
+        f"run stopped: [Errno 28] could not write checkpoint file {folder / 'step_00000002.pt'}: "
+        f"No space left on device; the last good checkpoint is {folder / 'step_00000001.pt'}; "
+        "latest -> step_00000001.pt (loads); temporary files left: 0"
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_00000001.pt"]
     assert tf.all_finite(load_checkpoint(latest_checkpoint(folder)))
 

@@ -11,15 +11,8 @@ import pytest
 import torch
 import yaml
 
-from semhitok_plugin import SemHiTok
-from semhitok_plugin.checkpoint import load_checkpoint
-from semhitok_plugin.evaluation import VGG16_FILE, load_lpips
-from semhitok_plugin.hub import UnsafeWeightsError, WeightsNotFoundError, load_state_dict
-from semhitok_plugin.mllm import load_unified
-from semhitok_plugin.mllm.tiny import save_tiny_unified
-from semhitok_plugin.mllm.train import load_stage_config
-from semhitok_plugin.model import load_model
-from semhitok_plugin.testing.untrusted import (
+from semhitok_fixtures.tiny_qwen import save_tiny_unified
+from semhitok_fixtures.untrusted import (
     ESCAPING_MEMBERS,
     code_running_pickle,
     object_array_npy,
@@ -33,8 +26,15 @@ from semhitok_plugin.testing.untrusted import (
     resume_unified,
     traversal_shard,
 )
+from semhitok_plugin import SemHiTok
+from semhitok_plugin.checkpoint import load_checkpoint
+from semhitok_plugin.evaluation import INCEPTION_FILE, VGG16_FILE, load_lpips
+from semhitok_plugin.hub import UnsafeWeightsError, WeightsNotFoundError, load_state_dict
+from semhitok_plugin.model import load_model
 from semhitok_plugin.token_files import TokenFileError, read_tokens
 from semhitok_plugin.training import TrainConfig
+from semhitok_qwen import load_unified
+from semhitok_qwen.train import load_stage_config
 
 
 @pytest.fixture
@@ -178,12 +178,74 @@ def test_shard_members_named_outside_are_read_in_memory_and_nothing_is_written(t
     assert not (tmp_path / "escape.jpg").exists()
 
 
-def test_every_untrusted_file_probe_holds(tmp_path):
-    probes = probe(tmp_path)
-    failed = [f"{p.input} -> {p.entry_point}: {p.outcome}" for p in probes if not p.ok]
-    assert not failed, "\n".join(failed)
-    assert len(probes) == 18
-    assert not list(tmp_path.rglob("MARKER"))
+# -- the probe behind docs/bad-inputs.md -----------------------------------------------------------
+UNSAFE = (
+    "it holds more than tensors and plain values, and unpickling the rest could run arbitrary code "
+    "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked.)"
+)
+YAML_REFUSED = (
+    "refused ConstructorError: could not determine a constructor for the tag "
+    "'tag:yaml.org,2002:python/object/apply:os.system'"
+)
+POSIX_SYSTEM = "refused UnpicklingError: Trying to load unsupported GLOBAL posix.system"
+# (start of the input's words, start of the outcome the probe must report), in probe order
+UNTRUSTED_OUTCOMES = [
+    ("pickle that runs `touch` as step_00000002.pt", "refused UnsafeWeightsError: refused to "
+     f"load run/checkpoints/step_00000002.pt: {UNSAFE}"),
+    ("pickle that runs `touch` as pytorch_model.bin of a save_pretrained folder", "refused "
+     "WeightsNotFoundError: SemHiTok model.safetensors: directory model contains none of "
+     "['model.safetensors']"),
+    ("pickle that runs `touch` named model.safetensors", "refused SafetensorError: "),
+    ("pickle that runs `touch` as pytorch_model.bin beside", "loaded from model.safetensors; "
+     "pytorch_model.bin never opened"),
+    ("pickle that runs `touch` as a teacher weights file", "refused UnsafeWeightsError: refused "
+     f"to load t.ckpt: {UNSAFE}"),
+    ("pickle that runs `touch` as pytorch_model.bin of a teacher folder", "refused "
+     f"UnsafeWeightsError: refused to load teacher/pytorch_model.bin: {UNSAFE}"),
+    ("pickle that runs `touch` as LPIPS VGG16 weights", "refused UnsafeWeightsError: refused to "
+     f"load {VGG16_FILE}: {UNSAFE}"),
+    ("pickle that runs `touch` as FID Inception weights", "refused UnsafeWeightsError: refused "
+     f"to load {INCEPTION_FILE}: {UNSAFE}"),
+    ("YAML with !!python/object/apply:os.system (a train config file)", YAML_REFUSED),
+    ("YAML with !!python/object/apply:os.system (a key=value override)", YAML_REFUSED),
+    ("YAML with !!python/object/apply:os.system (an MLLM stage config)", YAML_REFUSED),
+    ("token file (.npz) whose flat_ids is a pickled object array", "refused TokenFileError: "
+     "ids.npz: unreadable token archive: Object arrays cannot be loaded when allow_pickle=False"),
+    ("LlamaGen code file (.npy) holding a pickled object array", "refused ValueError: Object "
+     "arrays cannot be loaded when allow_pickle=False"),
+    ("pickle that runs `touch` as pytorch_model.bin of an MLLM folder", "refused OSError: Error "
+     "no file named model.safetensors found in directory model."),
+    ("MLLM folder whose tokenizer_config.json maps to code", "refused ValueError: Loading model "
+     "requires you to execute the configuration file in that repo on your local machine."),
+    ("pickle that runs `touch` as rng_state.pth", POSIX_SYSTEM),
+    ("pickle that runs `touch` as optimizer.pt and scheduler.pt", POSIX_SYSTEM),
+    ("tar shard with members ../../escape.jpg, /abs/escape.jpg and links out", "all 3 regular "
+     "members read in memory (training 3, evaluation 3, 0 skipped), 2 link members ignored; "
+     "files written: 0"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("untrusted")
+    return directory, probe(directory)
+
+
+def test_the_untrusted_file_probes_are_those_expected_and_run_no_code(probed):
+    directory, probes = probed
+    assert len(probes) == len(UNTRUSTED_OUTCOMES)
+    words = [w for w, _ in UNTRUSTED_OUTCOMES]
+    assert [p.input[: len(w)] for p, w in zip(probes, words, strict=True)] == words
+    assert not list(directory.rglob("MARKER"))  # no hostile file ran code anywhere
+
+
+@pytest.mark.parametrize(
+    "index, outcome",
+    enumerate(o for _, o in UNTRUSTED_OUTCOMES),
+    ids=[w for w, _ in UNTRUSTED_OUTCOMES],
+)
+def test_each_untrusted_file_probe_reports_its_outcome(probed, index, outcome):
+    assert probed[1][index].outcome.startswith(outcome)
 
 
 @pytest.mark.parametrize("name", ["../elsewhere/step_00000001.pt", "/tmp/step_00000001.pt", "x.pt"])

@@ -29,9 +29,7 @@ from loguru import logger
 from tqdm import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from semhitok_plugin.mllm import IMAGE_PLACEHOLDER, load_unified
-from semhitok_plugin.mllm.build import parse_dtype
-from semhitok_plugin.mllm.generation import TextOnly
+from semhitok_qwen import IMAGE_PLACEHOLDER, TextOnly, load_unified, parse_dtype
 
 from .generation import StopOnStrings, split_generation_kwargs, truncate_at
 
@@ -75,7 +73,7 @@ class SemHiTokQwen(lmms):
         if not Path(pretrained).is_dir():
             raise ValueError(
                 f"pretrained={pretrained!r} is not a directory: pass the directory written by "
-                "semhitok_plugin.mllm.save_unified (download hub checkpoints first)"
+                "semhitok_qwen.save_unified (download hub checkpoints first)"
             )
         try:
             self.batch_size = int(batch_size)

@@ -25,10 +25,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2For
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
-from ..adapter import DualMLPAdapter
-from ..config import SemHiTokConfig
-from ..ids import TokenIdError, check_ids
-from ..model import SemHiTok
+from semhitok_plugin.adapter import DualMLPAdapter
+from semhitok_plugin.config import SemHiTokConfig
+from semhitok_plugin.ids import TokenIdError, check_ids
+from semhitok_plugin.model import SemHiTok
 
 IMAGE_START, IMAGE_END = "<|image_start|>", "<|image_end|>"
 

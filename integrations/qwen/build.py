@@ -16,8 +16,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2ForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..config import ConfigError
-from ..model import CheckpointMismatchError, SemHiTok, load_model
+from semhitok_plugin.config import ConfigError
+from semhitok_plugin.model import CheckpointMismatchError, SemHiTok, load_model
+
 from .model import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM
 from .processor import SemHiTokQwenProcessor, add_image_markers
 

@@ -3,9 +3,12 @@
 Writes a tiny random unified MLLM (unless ``--model`` names one), four POPE-style questions about
 scikit-image's bundled photos saved with ``datasets.save_to_disk``, and the local task folder,
 then runs the stock lmms-eval CLI on them and prints its metric table. The scores are those of a
-random model; the run shows that every piece is wired (needs the ``samples`` extra)::
+random model; the run shows that every piece is wired (needs the ``samples`` extra). From the
+repository root::
 
-    python -m semhitok_lmms_eval.smoke [--out outputs/smoke-lmms] [--model DIR] [--device cpu]
+    PYTHONPATH=tests python -m semhitok_fixtures.lmms_eval_smoke [--out DIR] [--model DIR]
+
+``--out`` defaults to ``outputs/smoke-lmms``, ``--device`` to ``cpu``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .local_tasks import write
+from semhitok_lmms_eval.local_tasks import write
 
 POPE_QUESTIONS = {  # bundled photo: (question, answer)
     "astronaut": ("Is there a person in the image?", "yes"),
@@ -74,7 +77,7 @@ def offline_env() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m semhitok_lmms_eval.smoke")
+    parser = argparse.ArgumentParser(prog="python -m semhitok_fixtures.lmms_eval_smoke")
     parser.add_argument("--out", type=Path, default=Path("outputs/smoke-lmms"))
     parser.add_argument("--model", type=Path, help="a unified MLLM directory (default: tiny)")
     parser.add_argument("--device", default="cpu")
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     model = args.model
     if model is None:
-        from semhitok_plugin.mllm.tiny import save_tiny_unified
+        from .tiny_qwen import save_tiny_unified
 
         model = save_tiny_unified(out / "tiny-mllm")
     write_sample_pope(out / "data")

@@ -29,10 +29,11 @@ from unittest import mock
 import torch
 import yaml
 
-from .. import checkpoint, cli
-from ..checkpoint import latest_checkpoint, load_checkpoint
-from ..samples import write_sample_photos
-from ..training import TrainConfig, Trainer, TrainingDiverged
+from semhitok_plugin import checkpoint, cli
+from semhitok_plugin.checkpoint import latest_checkpoint, load_checkpoint
+from semhitok_plugin.samples import write_sample_photos
+from semhitok_plugin.training import TrainConfig, Trainer, TrainingDiverged
+
 from . import Probe
 
 FAMILY = "training fault"

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import token_files
-from ..cli import main
-from ..model import SemHiTok, load_model
+from semhitok_plugin import token_files
+from semhitok_plugin.cli import main
+from semhitok_plugin.model import SemHiTok, load_model
+
 from . import Probe
 
 FAMILY = "tokens"
@@ -350,8 +351,7 @@ def api_cases(model: SemHiTok) -> list[tuple[str, str, str, Callable[[], object]
     """(input in words, entry point, expected error fragment, call) for the Python API."""
     from semhitok_llamagen.vq_model import SemHiTokVQModel
     from semhitok_llava.tower import SemHiTokVisionTower
-
-    from ..ids import merge_ids, split_ids
+    from semhitok_plugin.ids import merge_ids, split_ids
 
     h, w = model.grid_size
     k, m, vocab = model.codebook_size, model.sub_codebook_size, model.vocab_size
@@ -455,8 +455,9 @@ def api_cases(model: SemHiTok) -> list[tuple[str, str, str, Callable[[], object]
 
 def mllm_cases(directory: Path) -> list[tuple[str, str, str, Callable[[], object]]]:
     """Image token ids of the unified MLLM outside its image range (tiny Qwen2 + tiny preset)."""
-    from ..mllm import load_unified
-    from ..mllm.tiny import save_tiny_unified
+    from semhitok_qwen import load_unified
+
+    from .tiny_qwen import save_tiny_unified
 
     _, processor = load_unified(save_tiny_unified(directory / "mllm"))
     n, start, end = processor.num_image_tokens, processor.image_start_id, processor.image_end_id

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..cli import USER_ERRORS, batched, pick_device
-from ..images import ImageReadError
-from ..token_files import write_tokens
-from ..visualize import grid
+from semhitok_plugin.cli import USER_ERRORS, batched, pick_device
+from semhitok_plugin.images import ImageReadError
+from semhitok_plugin.token_files import write_tokens
+from semhitok_plugin.visualize import grid
+
 from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
-from .tiny import save_tiny_unified
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -37,11 +37,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {model.config.text_vocab_size} text ids + {vocab.size} image ids "
         f"(image token id = {vocab.offset} + flat id)"
     )
-    return 0
-
-
-def cmd_tiny(args: argparse.Namespace) -> int:
-    print(f"wrote a tiny random unified MLLM to {save_tiny_unified(args.output, seed=args.seed)}")
     return 0
 
 
@@ -133,11 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.set_defaults(fn=cmd_init)
-
-    p = sub.add_parser("tiny", help="write a tiny random model (smoke runs, tests)")
-    p.add_argument("-o", "--output", type=Path, default=Path("tiny-mllm"))
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=cmd_tiny)
 
     p = sub.add_parser(
         "sample-data", help="write a small mixed JSONL data set about the bundled photos"

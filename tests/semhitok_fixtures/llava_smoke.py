@@ -1,4 +1,6 @@
-"""``python -m semhitok_llava.smoke``: the LLaVA-v1.5 recipe end to end on a CPU, in about a minute.
+"""The LLaVA-v1.5 recipe end to end on a CPU, in about a minute (from the repository root)::
+
+    PYTHONPATH=tests python -m semhitok_fixtures.llava_smoke [-o DIR] [--tokenizer tiny]
 
 Builds a tiny world in ``--out`` -- a SentencePiece Llama tokenizer (byte fallback, so it never
 emits the unk token LLaVA pads with), a random 2-layer Llama, four real photos with captions in
@@ -64,9 +66,8 @@ def build_world(root: Path, tokenizer: str = "tiny") -> None:
 def _tiny_llama(folder: Path) -> None:
     import sentencepiece as spm
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
-
     from llava.conversation import conv_templates
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
     corpus = [conv_templates["vicuna_v1"].system, f"USER: {QUESTION} ASSISTANT:"]
     model = io.BytesIO()
@@ -157,7 +158,9 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m semhitok_llava.smoke", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m semhitok_fixtures.llava_smoke", description=__doc__
+    )
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/llava-smoke"))
     parser.add_argument("--tokenizer", default="tiny", help="preset or save_pretrained folder")
     parser.add_argument("--steps", type=int, default=12, help="training steps per stage")

@@ -3,13 +3,14 @@ adapter with one next-token loss over text and image ids.
 
 Runs through the HF :class:`~transformers.Trainer`, so the usual launchers work unchanged:
 ``python -m``, ``torchrun``, ``accelerate launch`` and ``deepspeed`` (``--deepspeed zero2`` or
-``zero3`` picks the ZeRO configs shipped in ``semhitok_plugin/configs/deepspeed``).
+``zero3`` picks the ZeRO configs shipped in ``semhitok_plugin/configs/deepspeed``, which the LLaVA
+scripts share).
 
-A stage is a YAML file (``configs/mllm/{pretrain,finetune}.yaml``): ``max_length``,
+A stage is a YAML file (``semhitok_qwen/configs/{pretrain,finetune}.yaml``): ``max_length``,
 ``cfg_dropout`` and ``trainer`` (TrainingArguments fields); ``--config`` merges a YAML file over
 it and flags override both. Every checkpoint (``OUTPUT/checkpoint-N``) and the final model
 (``OUTPUT``) hold the processor too (tokenizer + ``semhitok/``), so each loads with
-:func:`~semhitok_plugin.mllm.load_unified` and ``--resume`` continues from the newest complete
+:func:`~semhitok_qwen.load_unified` and ``--resume`` continues from the newest complete
 one. ``OUTPUT/metrics.jsonl`` gets every log line, including the loss on text targets and on
 image targets separately (accumulated on the device, read back only at log steps) and the
 samples dropped by the data (:mod:`.data`).
@@ -37,15 +38,18 @@ from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..checkpoint import truncate_metrics
-from ..config import ConfigError, from_plain
+import semhitok_plugin
+from semhitok_plugin.checkpoint import truncate_metrics
+from semhitok_plugin.config import ConfigError, from_plain
+
 from .data import SKIP_REASONS, Collator, UnifiedDataset, read_jsonl
 from .model import ImageVocabulary
 from .processor import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the stages
+DEEPSPEED_CONFIGS = Path(semhitok_plugin.__file__).resolve().parent / "configs" / "deepspeed"
 STAGES = ("pretrain", "finetune")
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DONE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
@@ -65,7 +69,7 @@ def load_stage_config(stage: str, override: str | Path | None = None) -> StageCo
 
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
-    data = yaml.safe_load((CONFIGS / "mllm" / f"{stage}.yaml").read_text())
+    data = yaml.safe_load((CONFIGS / f"{stage}.yaml").read_text())
     if override is not None:
         if not Path(override).is_file():
             raise FileNotFoundError(f"config file {str(override)!r} does not exist")
@@ -269,7 +273,7 @@ def training_arguments(args: argparse.Namespace, config: StageConfig) -> Trainin
 def _deepspeed_config(name: str | None) -> str | None:
     if name is None or Path(name).is_file():
         return name
-    shipped = CONFIGS / "deepspeed" / f"{name}.json"
+    shipped = DEEPSPEED_CONFIGS / f"{name}.json"
     if not shipped.is_file():
         raise FileNotFoundError(f"DeepSpeed config {name!r} is neither a file nor zero2 / zero3")
     return str(shipped)
@@ -338,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m semhitok_plugin.mllm.train", description=__doc__.split("\n\n")[0]
+        prog="python -m semhitok_qwen.train", description=__doc__.split("\n\n")[0]
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -83,7 +83,7 @@ def object_array_npy(path: Path, marker: Path) -> Path:
 def traversal_shard(path: Path) -> Path:
     """A tar shard: one ordinary JPEG, two JPEGs named outside any target directory (relative
     ``..`` and absolute), a symlink and a hard link pointing outside."""
-    from ..samples import sample_photo
+    from semhitok_plugin.samples import sample_photo
 
     buffer = io.BytesIO()
     sample_photo("astronaut").resize((32, 32)).save(buffer, "JPEG")
@@ -157,7 +157,7 @@ def _attempt(
 
 def _tiny_folder(folder: Path) -> Path:
     """A ``save_pretrained`` folder of the ``tiny`` preset (random weights)."""
-    from .. import SemHiTok, get_preset
+    from semhitok_plugin import SemHiTok, get_preset
 
     torch.manual_seed(0)
     return SemHiTok(get_preset("tiny")).save_pretrained(folder)
@@ -165,8 +165,8 @@ def _tiny_folder(folder: Path) -> Path:
 
 def resume_training(folder: Path) -> None:
     """A run folder whose ``latest`` names a hostile ``step_00000002.pt``, resumed by train()."""
-    from ..samples import write_sample_photos
-    from ..training import TrainConfig, train
+    from semhitok_plugin.samples import write_sample_photos
+    from semhitok_plugin.training import TrainConfig, train
 
     run_dir = folder / "run"
     code_running_pickle(run_dir / "checkpoints" / "step_00000002.pt", folder / MARKER)
@@ -181,9 +181,14 @@ def _folder_probes(root: Path) -> list[Probe]:
     """SemHiTok checkpoints, teacher, LPIPS and FID weights, training checkpoints."""
     from safetensors import SafetensorError
 
-    from ..evaluation import INCEPTION_FILE, VGG16_FILE, load_lpips, load_metric_backbones
-    from ..hub import UnsafeWeightsError, WeightsNotFoundError
-    from ..model import SemHiTok, load_model
+    from semhitok_plugin.evaluation import (
+        INCEPTION_FILE,
+        VGG16_FILE,
+        load_lpips,
+        load_metric_backbones,
+    )
+    from semhitok_plugin.hub import UnsafeWeightsError, WeightsNotFoundError
+    from semhitok_plugin.model import SemHiTok, load_model
 
     def bin_only(folder: Path) -> None:
         model = _tiny_folder(folder / "model")
@@ -255,10 +260,10 @@ def _config_probes(root: Path) -> list[Probe]:
     """YAML configs, token files and LlamaGen code files."""
     import yaml
 
-    from .. import SemHiTok, get_preset
-    from ..mllm.train import load_stage_config
-    from ..token_files import TokenFileError, read_tokens
-    from ..training import TrainConfig
+    from semhitok_plugin import SemHiTok, get_preset
+    from semhitok_plugin.token_files import TokenFileError, read_tokens
+    from semhitok_plugin.training import TrainConfig
+    from semhitok_qwen.train import load_stage_config
 
     def tokens(folder: Path) -> None:
         model = SemHiTok(get_preset("tiny"))
@@ -297,8 +302,9 @@ def _mllm_probes(root: Path) -> list[Probe]:
     """The unified MLLM's folder (weights, tokenizer code) and its training checkpoints."""
     import pickle
 
-    from ..mllm import load_unified
-    from ..mllm.tiny import save_tiny_unified
+    from semhitok_qwen import load_unified
+
+    from .tiny_qwen import save_tiny_unified
 
     base = save_tiny_unified(root / "unified")
 
@@ -332,7 +338,7 @@ def resume_unified(model: Path, folder: Path, hostile: tuple[str, ...]) -> None:
     """``semhitok-qwen train --resume`` from a checkpoint of ``model`` holding hostile files."""
     from transformers import TrainerState
 
-    from ..mllm.train import add_arguments, run
+    from semhitok_qwen.train import add_arguments, run
 
     checkpoint = folder / "checkpoint-1"
     checkpoint.mkdir()
@@ -365,7 +371,7 @@ def read_shard(shard: Path) -> ShardRead:
     """Read ``shard`` with the training loader and one evaluation pass, from the shard's folder
     (where relative member names would resolve), watching the folder two levels up (where
     ``../../`` points) and the absolute members' paths for new files."""
-    from ..data import DataConfig, ImageStream, eval_batches
+    from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
 
     sandbox, config = shard.parents[1], DataConfig(str(shard), image_size=32, shuffle_buffer=0)
     before = set(sandbox.rglob("*"))

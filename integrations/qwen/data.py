@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import ConfigError
-from ..images import ImageReadError
+from semhitok_plugin.config import ConfigError
+from semhitok_plugin.images import ImageReadError
+
 from .processor import IGNORE_INDEX, IMAGE_PLACEHOLDER, SemHiTokQwenProcessor
 
 logger = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ TEXTS = (
 def write_sample_jsonl(directory: str | Path) -> Path:
     """A small mixed data set in ``directory``: text-only lines, captions and VQA about the
     bundled sample photos (written as PNG files beside it) and text-to-image requests."""
-    from ..samples import write_sample_photos
+    from semhitok_plugin.samples import write_sample_photos
 
     directory = Path(directory)
     photos = write_sample_photos(directory, tuple(CAPTIONS))

@@ -1,10 +1,12 @@
 """Feed every hostile input the library guards against through its real entry points, and print
 what happened as a Markdown table (the README's "Robustness" table comes from here).
 
-    python scripts/bad_input_table.py [--out docs/bad-inputs.md] [--json OUT] [--families ...]
+    PYTHONPATH=tests python -m semhitok_fixtures.bad_input_table [--out docs/bad-inputs.md] \
+        [--json OUT] [--families ...]
 
-Each family lives in ``semhitok_plugin.testing`` (the same builders the tests use). The exit
-status is 1 when any outcome is not the guaranteed one, so the table cannot silently go stale.
+(from the repository root). Each family is a module of ``semhitok_fixtures`` (the same builders
+the tests use). The exit status is 1 when any outcome is not the guaranteed one, so the table
+cannot silently go stale.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-FAMILIES = {  # --families name -> module in semhitok_plugin.testing
+from semhitok_fixtures import Probe
+
+COMMAND = "PYTHONPATH=tests python -m semhitok_fixtures.bad_input_table"
+FAMILIES = {  # --families name -> module in semhitok_fixtures
     "image": "hostile_images",
     "tokens": "bad_tokens",
     "untrusted": "untrusted",
@@ -27,10 +32,10 @@ FAMILIES = {  # --families name -> module in semhitok_plugin.testing
 }
 
 
-def run(families: list[str]) -> list:
+def run(families: list[str]) -> list[Probe]:
     probes = []
     for family in families:
-        module = importlib.import_module(f"semhitok_plugin.testing.{FAMILIES[family]}")
+        module = importlib.import_module(f"semhitok_fixtures.{FAMILIES[family]}")
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"bad-{family}-") as tmp:
             probes += module.probe(Path(tmp))
@@ -38,7 +43,7 @@ def run(families: list[str]) -> list:
     return probes
 
 
-def markdown(probes: list) -> str:
+def markdown(probes: list[Probe]) -> str:
     def cell(text: str) -> str:
         return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -56,7 +61,9 @@ def markdown(probes: list) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m semhitok_fixtures.bad_input_table", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"of {list(FAMILIES)}")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the probes as JSON")
@@ -71,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        title = "# Bad inputs tried, and what the library did\n\nWritten by `python "
-        args.out.write_text(f"{title}scripts/bad_input_table.py --out {args.out}`.\n\n{table}\n")
+        title = "# Bad inputs tried, and what the library did\n\nWritten by `"
+        args.out.write_text(f"{title}{COMMAND} --out {args.out}`.\n\n{table}\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([dataclasses.asdict(p) for p in probes], indent=1) + "\n")

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ..ids import check_ids
-from ..images import center_crop, load_image, to_pil, to_tensor
-from ..model import CheckpointMismatchError, SemHiTok, load_model
+from semhitok_plugin.ids import check_ids
+from semhitok_plugin.images import center_crop, load_image, to_pil, to_tensor
+from semhitok_plugin.model import CheckpointMismatchError, SemHiTok, load_model
+
 from .model import IMAGE_END, IMAGE_START, ImageVocabulary, SemHiTokQwen2Config
 
 IMAGE_PLACEHOLDER = "<image>"

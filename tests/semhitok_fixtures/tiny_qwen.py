@@ -1,11 +1,17 @@
 """A tiny random-weight Qwen2 with a real byte-level BPE tokenizer and a ChatML template.
 
-For tests, the CPU smoke run and benchmarks: no hub is needed. The tokenizer is byte-level (it
+For tests, the CPU smoke runs and benchmarks: no hub is needed. The tokenizer is byte-level (it
 can never emit an unknown token) and its chat template renders conversations like Qwen2.5's.
+From the repository root, a tiny random unified MLLM for ``semhitok-qwen`` smoke runs::
+
+    PYTHONPATH=tests python -m semhitok_fixtures.tiny_qwen [-o outputs/qwen-tiny] [--seed 0]
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -82,9 +88,8 @@ def save_tiny_qwen(
 def save_tiny_unified(directory: str | Path, *, seed: int = 0) -> Path:
     """A tiny unified MLLM (tiny Qwen2 + the ``tiny`` SemHiTok preset) saved to ``directory``;
     the random Qwen2 it extends is kept under ``directory/qwen``."""
-    from ..model import SemHiTok
-    from ..plugins import get_preset
-    from .build import build_unified, save_unified
+    from semhitok_plugin import SemHiTok, get_preset
+    from semhitok_qwen import build_unified, save_unified
 
     directory = Path(directory)
     qwen = save_tiny_qwen(directory / "qwen", seed=seed)
@@ -93,4 +98,20 @@ def save_tiny_unified(directory: str | Path, *, seed: int = 0) -> Path:
     return save_unified(model, processor, directory)
 
 
-__all__ = ["save_tiny_qwen", "save_tiny_unified", "tiny_tokenizer"]
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m semhitok_fixtures.tiny_qwen",
+        description="write a tiny random unified MLLM (smoke runs, tests)",
+    )
+    parser.add_argument("-o", "--output", type=Path, default=Path("tiny-mllm"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"wrote a tiny random unified MLLM to {save_tiny_unified(args.output, seed=args.seed)}")
+    return 0
+
+
+__all__ = ["main", "save_tiny_qwen", "save_tiny_unified", "tiny_tokenizer"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
