@@ -34,13 +34,10 @@ LPIPS mean nothing and the results say so.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import math
-import os
 import re
-import urllib.request
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,7 +50,7 @@ import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
-from .hub import WeightsNotFoundError, hub_offline, load_state_dict
+from .hub import WeightsNotFoundError, load_state_dict, resolve_url_file
 from .usage import CodeUsage
 
 try:
@@ -92,7 +89,10 @@ FID_DIMS = 2048  # pool3: the only width comparable to published FIDs
 PSNR_MAX_DB = 100.0
 PRETRAINED = "pretrained"
 RANDOM_NOTE = "RANDOM (smoke test only: rFID/LPIPS not comparable to published numbers)"
-_DOWNLOAD_TIMEOUT_S = 30  # per socket operation; one attempt, no retries
+_RANDOM_HINT = (
+    f" (or use {RANDOM_FLAG} for a smoke test whose rFID/LPIPS are not comparable to published "
+    "numbers)"
+)
 _RANDOM_SEED = 0  # random backbones are reproducible, and leave the global RNG untouched
 
 
@@ -108,86 +108,32 @@ class MetricBackbones:
 
 
 # -- weight files ----------------------------------------------------------------------------------
-def _cache_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _download(url: str, dst: Path, *, hash_prefix: str | None) -> None:
-    """One attempt with a socket timeout (torch.hub's downloader has none), written atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
-    digest = hashlib.sha256()
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
-            tmp.open("wb") as f,
-        ):
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                f.write(chunk)
-        if hash_prefix and not digest.hexdigest().startswith(hash_prefix):
-            raise ValueError(f"sha256 {digest.hexdigest()[:12]}… does not start with {hash_prefix}")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _resolve(
-    spec: str | None, *, what: str, filename: str, url: str, flag: str, hash_prefix: str | None
-) -> Path:
-    """The weights file: ``spec`` (a file, or a directory holding ``filename``), else torch hub's
-    cache, else a download into that cache; :class:`MetricWeightsError` when none works."""
-    if spec is not None:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            path = path / filename
-        if path.is_file():
-            return path
-        raise MetricWeightsError(f"{what}: {str(path)!r} does not exist (given with {flag}).")
-    cached = _cache_dir() / filename
-    if cached.is_file():
-        return cached
-    hint = (
-        f"Download {url} where the network is reachable and pass the file with {flag} PATH "
-        f"(or use {RANDOM_FLAG} for a smoke test whose rFID/LPIPS are not comparable to "
-        "published numbers)."
-    )
-    if hub_offline():
-        raise MetricWeightsError(
-            f"{what} {filename} is not in torch hub's cache ({cached.parent}) and downloads are "
-            f"off (HF_HUB_OFFLINE=1). {hint}"
-        )
-    log.info("downloading %s to %s", url, cached)
-    try:
-        _download(url, cached, hash_prefix=hash_prefix)
-    except (OSError, ValueError) as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise MetricWeightsError(
-            f"{what} {filename} is not in torch hub's cache ({cached.parent}) and could not be "
-            f"downloaded ({reason}). {hint}"
-        ) from err
-    return cached
-
-
-def _resolve_inception(spec: str | None) -> Path:
-    return _resolve(
+def resolve_inception_weights(spec: str | None = None) -> Path:
+    """The FID Inception weights file: ``spec`` (a file or a directory holding it), else torch
+    hub's cache, else a download into it. Calling it where the network is reachable fills the
+    cache for later offline runs."""
+    return resolve_url_file(
         spec,
+        INCEPTION_URL,
+        INCEPTION_FILE,
         what="FID Inception weights",
-        filename=INCEPTION_FILE,
-        url=INCEPTION_URL,
-        flag=INCEPTION_FLAG,
+        option=f"{INCEPTION_FLAG} PATH{_RANDOM_HINT}",
         hash_prefix=None,  # pytorch-fid does not check this file's hash either
+        error=MetricWeightsError,
     )
 
 
-def _resolve_vgg(spec: str | None) -> Path:
-    return _resolve(
+def resolve_vgg16_weights(spec: str | None = None) -> Path:
+    """The torchvision VGG16 weights file of LPIPS, found or fetched like
+    :func:`resolve_inception_weights`; its sha256 prefix is checked as torchvision does."""
+    return resolve_url_file(
         spec,
+        VGG16_URL,
+        VGG16_FILE,
         what="LPIPS VGG16 weights",
-        filename=VGG16_FILE,
-        url=VGG16_URL,
-        flag=LPIPS_FLAG,
-        hash_prefix=VGG16_SHA256_PREFIX,  # torchvision checks it (check_hash=True)
+        option=f"{LPIPS_FLAG} PATH{_RANDOM_HINT}",
+        hash_prefix=VGG16_SHA256_PREFIX,
+        error=MetricWeightsError,
     )
 
 
@@ -200,8 +146,9 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, wh
 
 
 # -- FID Inception ---------------------------------------------------------------------------------
-def _fid_inception_network() -> nn.Module:
-    """The FID Inception (torchvision Inception3 patched for TF's FID graph), randomly initialised.
+def fid_inception_network() -> nn.Module:
+    """The FID Inception (torchvision Inception3 patched for TF's FID graph), randomly initialised:
+    its ``state_dict`` has the layout of pytorch-fid's checkpoint file.
 
     Same construction as ``fid_inception_v3()`` in pytorch_fid/inception.py (pytorch-fid 0.3.0),
     minus its last step, ``load_state_dict_from_url(FID_WEIGHTS_URL)``: the caller loads weights.
@@ -260,7 +207,7 @@ def fid_inception(
     ``None`` gives random weights, He-initialised: PyTorch's default init shrinks activations
     about 3x per layer, which leaves pool3 features near 1e-8 and every rFID at 0.
     """
-    net = _fid_inception_network()
+    net = fid_inception_network()
     if state_dict is not None:
         net.load_state_dict(state_dict)
     else:
@@ -333,7 +280,7 @@ def load_lpips(
             raise ValueError("random LPIPS takes no weights file")
         log.warning("LPIPS with a RANDOM VGG16 trunk: for smoke tests only")
         return _seeded(lambda: _lpips_vgg(None, None)).to(device)
-    path = _resolve_vgg(weights)
+    path = resolve_vgg16_weights(weights)
     return _seeded(lambda: _lpips_vgg(load_state_dict(path), path)).to(device)
 
 
@@ -364,8 +311,8 @@ def load_metric_backbones(
         return MetricBackbones(inception.to(device), lp.to(device), random=True)
     paths, errors = {}, []
     for key, resolve, spec in (
-        ("inception", _resolve_inception, inception_weights),
-        ("vgg", _resolve_vgg, lpips_weights),
+        ("inception", resolve_inception_weights, inception_weights),
+        ("vgg", resolve_vgg16_weights, lpips_weights),
     ):
         try:
             paths[key] = resolve(spec)
@@ -373,7 +320,7 @@ def load_metric_backbones(
             errors.append(str(err))
     if errors:
         raise MetricWeightsError("\n".join(errors))
-    net = _seeded(_fid_inception_network)
+    net = _seeded(fid_inception_network)
     _load_into(net, load_state_dict(paths["inception"]), paths["inception"], INCEPTION_FILE)
     inception = FIDInceptionV3(net, fid_dims)
     lp = _seeded(lambda: _lpips_vgg(load_state_dict(paths["vgg"]), paths["vgg"]))
@@ -619,10 +566,13 @@ __all__ = [
     "ReconstructionMetrics",
     "evaluate_reconstruction",
     "fid_inception",
+    "fid_inception_network",
     "frechet_distance",
     "inception_activations",
     "load_lpips",
     "load_metric_backbones",
+    "resolve_inception_weights",
+    "resolve_vgg16_weights",
     "semantic_fidelity",
     "to_uint8",
 ]

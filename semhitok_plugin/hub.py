@@ -1,15 +1,19 @@
-"""Finding weight files: a local file, a local directory, or a Hugging Face hub repo id.
+"""Finding weight files: a local file or directory, else a download into a cache.
 
-Used for teacher weights and for ``SemHiTok.from_pretrained``. The offline switch
-(``HF_HUB_OFFLINE``) is read when a file is requested, not when ``huggingface_hub`` is imported,
-and a file that cannot be had fails at once with a message naming it and the option to supply it.
+Two remote sources, one set of rules: a Hugging Face hub repo id (:func:`resolve_file`: teacher
+weights, ``SemHiTok.from_pretrained``) or a plain URL cached where torch hub keeps its downloads
+(:func:`resolve_url_file`: the FID Inception and LPIPS VGG16 weights, which are not on the hub).
+The offline switch (``HF_HUB_OFFLINE``) is read when a file is requested, not at import, and a
+file that cannot be had fails at once with a message naming it and the option to supply it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_URL_TIMEOUT_S = 30  # per socket operation; one attempt, no retries
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -43,6 +48,64 @@ def resolve_file(
     ``spec`` is a file (returned as is), a directory (searched for ``filenames``) or a hub repo id
     (downloaded, or taken from the cache when offline or ``local_only``).
     """
+    local = _local_file(spec, filenames, what=what)
+    if local is not None:
+        return local
+    if not is_hub_id(spec):
+        raise WeightsNotFoundError(
+            f"{what}: {spec!r} is neither an existing file or directory nor a hub id "
+            f"('org/name'). Supply it with {option}."
+        )
+    return _hub_download(spec, filenames, what=what, option=option, local_only=local_only)
+
+
+def resolve_url_file(
+    spec: str | None,
+    url: str,
+    filename: str,
+    *,
+    what: str,
+    option: str,
+    hash_prefix: str | None = None,
+    error: type[WeightsNotFoundError] = WeightsNotFoundError,
+) -> Path:
+    """Path of the file ``filename`` published at ``url``: ``spec`` (the file, or a directory
+    holding it), else torch hub's cache, else a download into that cache (refused when offline;
+    checked against ``hash_prefix`` of its sha256 when given). Failures raise ``error``."""
+    if spec is not None:
+        local = _local_file(spec, [filename], what=what, error=error)
+        if local is None:
+            raise error(f"{what}: {spec!r} does not exist. Supply it with {option}.")
+        return local
+    cached = torch_hub_cache() / filename
+    if cached.is_file():
+        return cached
+    missing = f"{what} {filename} is not in torch hub's cache ({cached.parent}) and"
+    hint = f"Download {url} where the network is reachable and pass the file with {option}."
+    if hub_offline():
+        raise error(f"{missing} downloads are off (HF_HUB_OFFLINE=1). {hint}")
+    try:
+        _url_download(url, cached, hash_prefix=hash_prefix)
+    except (OSError, ValueError) as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise error(f"{missing} could not be downloaded ({reason}). {hint}") from err
+    return cached
+
+
+def torch_hub_cache() -> Path:
+    """Where torch hub, pytorch-fid and torchvision keep downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _local_file(
+    spec: str,
+    filenames: Sequence[str],
+    *,
+    what: str,
+    error: type[WeightsNotFoundError] = WeightsNotFoundError,
+) -> Path | None:
+    """``spec`` when it is a file, the first of ``filenames`` in it when it is a directory
+    (``error`` when none is there), ``None`` when nothing exists at ``spec``."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -50,16 +113,31 @@ def resolve_file(
         for name in filenames:
             if (path / name).is_file():
                 return path / name
-        raise WeightsNotFoundError(f"{what}: directory {path} contains none of {list(filenames)}")
-    if not is_hub_id(spec):
-        raise WeightsNotFoundError(
-            f"{what}: {spec!r} is neither an existing file or directory nor a hub id "
-            f"('org/name'). Supply it with {option}."
-        )
-    return _download(spec, filenames, what=what, option=option, local_only=local_only)
+        raise error(f"{what}: directory {path} contains none of {list(filenames)}")
+    return None
 
 
-def _download(repo: str, filenames, *, what: str, option: str, local_only: bool) -> Path:
+def _url_download(url: str, dst: Path, *, hash_prefix: str | None) -> None:
+    """One attempt with a socket timeout (torch hub's downloader has none), written atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=_URL_TIMEOUT_S) as response,
+            tmp.open("wb") as f,
+        ):
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if hash_prefix and not digest.hexdigest().startswith(hash_prefix):
+            raise ValueError(f"sha256 {digest.hexdigest()[:12]}… does not start with {hash_prefix}")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _hub_download(repo: str, filenames, *, what: str, option: str, local_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 

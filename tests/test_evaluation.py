@@ -63,7 +63,7 @@ def inception_file(tmp_path_factory):
     """A pytorch-fid-format FID Inception checkpoint (random weights, seed SEED)."""
     torch.manual_seed(SEED)
     path = tmp_path_factory.mktemp("inception") / ev.INCEPTION_FILE
-    torch.save(ev._fid_inception_network().state_dict(), path)
+    torch.save(ev.fid_inception_network().state_dict(), path)
     return path
 
 
@@ -126,15 +126,15 @@ def test_download_into_torch_hub_cache(monkeypatch, tmp_path, no_cache, inceptio
     with pytest.raises(
         ev.MetricWeightsError, match=r"could not be downloaded.*--inception-weights"
     ):
-        ev._resolve_inception(None)
+        ev.resolve_inception_weights()
     assert not no_cache.exists() or not any(no_cache.iterdir())  # no partial file left
 
     monkeypatch.setattr(ev, "INCEPTION_URL", inception_file.as_uri())
-    path = ev._resolve_inception(None)
+    path = ev.resolve_inception_weights()
     assert path == no_cache / ev.INCEPTION_FILE
     assert path.read_bytes() == inception_file.read_bytes()
     monkeypatch.setattr(ev, "INCEPTION_URL", (tmp_path / "absent.pth").as_uri())
-    assert ev._resolve_inception(None) == path  # now served from the cache
+    assert ev.resolve_inception_weights() == path  # now served from the cache
 
     # torchvision's files carry their sha256 prefix; a file that does not match is refused.
     bogus = tmp_path / "bogus.pth"
@@ -143,7 +143,7 @@ def test_download_into_torch_hub_cache(monkeypatch, tmp_path, no_cache, inceptio
     with pytest.raises(
         ev.MetricWeightsError, match=f"does not start with {ev.VGG16_SHA256_PREFIX}"
     ):
-        ev._resolve_vgg(None)
+        ev.resolve_vgg16_weights()
     assert not (no_cache / ev.VGG16_FILE).exists()
 
 
@@ -196,7 +196,7 @@ def test_local_weight_files_load_through_the_real_path(
 
 def test_fid_inception_is_upstreams_inceptionv3(monkeypatch, photos6):
     torch.manual_seed(SEED)
-    net = ev._fid_inception_network().eval()
+    net = ev.fid_inception_network().eval()
     # Upstream's constructor, with its download replaced by our network.
     monkeypatch.setattr(pytorch_fid.inception, "fid_inception_v3", lambda: net)
     images = (photos6[:1] + 1) / 2  # one image: two 2048-d forwards are the slow part

@@ -80,10 +80,11 @@ def test_teacher_feature_layer_is_configurable(tiny_config, photos):
     tiny_config.teacher.feature_layer, tiny_config.teacher.feature_norm = 0, False
     model = SemHiTok(tiny_config, load_teacher_weights=False)
     model.teacher.backbone.module.load_state_dict(reference.state_dict())
-    with torch.no_grad():  # by hand: patch embedding + positions + first block, no final norm
-        x = reference._pos_embed(reference.patch_embed(photos))
-        expected = reference.blocks[0](reference.norm_pre(x))
-    torch.testing.assert_close(model.teacher(photos), expected)
+    first_block = []  # the first block's output (no final norm) in timm's own forward
+    reference.blocks[0].register_forward_hook(lambda module, args, out: first_block.append(out))
+    with torch.no_grad():
+        reference.forward_features(photos)
+    torch.testing.assert_close(model.teacher(photos), first_block[0])
 
 
 def test_teacher_stays_frozen_in_training_mode(tiny_model):
