@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import braceexpand
 import numpy as np
@@ -63,7 +63,14 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from semhitok_plugin.config import ConfigError
+from semhitok_plugin.config import (
+    Bounds,
+    ConfigError,
+    NonNegativeInt,
+    OneOf,
+    PositiveInt,
+    check_fields,
+)
 from semhitok_plugin.images import ImageReadError, center_crop, load_image, to_tensor
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,7 @@ _ORDER, _BUFFER, _AUGMENT = 0, 1, 2
 
 T = TypeVar("T")
 Cursor = tuple[int, int]  # (epoch, position) after a slot
+AreaFraction = Annotated[float, Bounds(gt=0, le=1)]
 
 
 @dataclass
@@ -89,28 +97,24 @@ class DataConfig:
     """Where the images come from and how they are cropped (see the module docstring)."""
 
     source: str
-    image_size: int = 256
-    crop: str = "random"
-    scale: tuple[float, float] = (0.5, 1.0)
+    image_size: PositiveInt = 256
+    crop: Annotated[str, OneOf(CROPS)] = "random"
+    scale: tuple[AreaFraction, AreaFraction] = (0.5, 1.0)  # (min, max) area of a random crop
     flip: bool = True  # random horizontal flip; only with crop="random"
-    num_workers: int = 0
-    shuffle_buffer: int = 1000  # tar shards: samples mixed across the rank's shards (0: off)
+    num_workers: NonNegativeInt = 0
+    # tar shards: samples mixed across the rank's shards (0: off)
+    shuffle_buffer: NonNegativeInt = 1000
 
     def __post_init__(self) -> None:
-        self.source = str(self.source)
-        self.scale = tuple(float(s) for s in self.scale)  # YAML gives a list
+        if isinstance(self.source, os.PathLike):
+            self.source = os.fspath(self.source)
+        check_fields(self)
         if not self.source:
-            raise ValueError("DataConfig.source is empty")
-        if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got {self.scale}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+            raise ConfigError(
+                "source is empty: give an image folder, a .txt or .jsonl list, or .tar shards"
+            )
+        if self.scale[0] > self.scale[1]:
+            raise ConfigError(f"scale must be (min, max) with min <= max, got {self.scale}")
 
 
 class ImageStream:
@@ -132,13 +136,13 @@ class ImageStream:
     ) -> None:
         _check_split(batch_size, rank, world_size)
         if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise ConfigError(f"seed must be >= 0, got {seed}")
         self.config, self.batch_size, self.seed = config, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._source = _open_source(config.source)
         if len(self._source) < world_size:
             kind = "files" if isinstance(self._source, _Files) else "shards"
-            raise ValueError(
+            raise DataSourceError(
                 f"data source {config.source!r} has {len(self._source)} {kind}, fewer than "
                 f"world_size={world_size}: some rank would get no data"
             )
@@ -470,14 +474,17 @@ def _read_jsonl(path: Path) -> _Files:
             names.append(entry["path"])
             labels.append(_as_label(entry.get("label")))
         except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise ValueError(
+            shown = line if len(line) <= 80 else line[:77] + "..."
+            raise DataSourceError(
                 f'{str(path)!r} line {lineno}: expected {{"path": str, "label": int?}}, '
-                f"got {line!r}"
+                f"got {shown!r}"
             ) from err
     if None not in labels:
         return _listed(path, names, labels)
     if any(label is not None for label in labels):
-        raise ValueError(f"{str(path)!r}: some entries have a label and some do not")
+        raise DataSourceError(
+            f"{str(path)!r}: some entries have a label and some do not (label all or none)"
+        )
     return _listed(path, names, None)
 
 
@@ -607,6 +614,6 @@ def _tar_label(sample: dict[str, Any]) -> int | None:
 
 def _check_split(batch_size: int, rank: int, world_size: int) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")

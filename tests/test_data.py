@@ -16,7 +16,8 @@ import torch
 import webdataset as wds
 
 from semhitok_plugin import data
-from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
+from semhitok_plugin.config import ConfigError
+from semhitok_plugin.data import DataConfig, DataSourceError, ImageStream, eval_batches
 from semhitok_plugin.images import center_crop, load_image, to_tensor
 from semhitok_plugin.samples import SAMPLE_PHOTOS, sample_photo
 
@@ -322,8 +323,26 @@ def test_missing_or_empty_sources_raise_naming_the_path(ds, tmp_path, make):
     [{"crop": "middle"}, {"scale": (0.8, 0.5)}, {"scale": (0.0, 1.0)}, {"image_size": 0}],
 )
 def test_config_rejects_bad_values(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
         DataConfig("images", **bad)
+
+
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        ("{oops", "line 1"),
+        ('{"name": "a.png"}', "line 1"),
+        ('{"path": 3}', "line 1"),
+        ('{"path": "a.png"}\n\n{"path": "b.png", "label": "3"}', "line 3"),
+        ('{"path": "a.png", "label": 1}\n{"path": "b.png"}', "label all or none"),
+    ],
+)
+def test_a_malformed_jsonl_list_is_a_data_source_error_naming_the_line(tmp_path, lines, named):
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(lines + "\n")
+    with pytest.raises(DataSourceError) as info:
+        data.image_files(listing)
+    assert str(listing) in str(info.value) and named in str(info.value)
 
 
 def test_more_ranks_than_files_is_an_error(ds):
