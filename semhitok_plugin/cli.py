@@ -32,10 +32,16 @@ from .plugins import available_presets
 from .token_files import TokenFileError, output_names, read_tokens, write_tokens
 from .visualize import grid, token_map
 
+# Errors that describe the user's input, not a bug: main() prints their one-line message (naming
+# the field or file and what would be accepted) instead of a traceback. Anything else is a bug and
+# keeps its traceback.
 USER_ERRORS = (
     CheckpointWriteError,  # names the file and the previous, still loadable checkpoint
-    ConfigError,
+    ConfigError,  # config values, unknown keys, data sources, JSONL lists
     FileNotFoundError,  # missing inputs, and WeightsNotFoundError
+    IsADirectoryError,  # a folder given where a file is written or read
+    NotADirectoryError,  # a file given where a folder is expected
+    PermissionError,
     CheckpointMismatchError,
     TokenIdError,
     TokenFileError,
@@ -181,7 +187,8 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    model, failures, paths = _model(args), [], _expand_inputs(args.images)
+    paths = _expand_inputs(args.images)  # a bad list fails before the model is built
+    model, failures = _model(args), []
     ids = np.empty((len(paths), *model.grid_size), dtype=np.int32)  # the only per-image state
     png_names = _png_names(paths)
     names: list[str] = []
@@ -228,10 +235,10 @@ GRID_ROWS = 16  # grid.png shows the first images only: one row each would grow 
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    paths = _expand_inputs(args.images)  # a bad list fails before the model is built
     model, failures = _model(args), []
     args.output.mkdir(parents=True, exist_ok=True)
     rows, done = [], 0
-    paths = _expand_inputs(args.images)
     png_names = _png_names(paths, reserved=("grid",))
     for names, crops, out in _encode_files(model, paths, args.batch_size, failures):
         recons = to_pil(model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1))
@@ -270,9 +277,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
     from .training import TrainConfig, TrainingDiverged, train
 
-    cfg = TrainConfig.load(args.config, args.set)
+    try:
+        cfg = TrainConfig.load(args.config, args.set)
+    except yaml.YAMLError as err:  # the syntax of the file or of a --set value
+        problem = _yaml_problem(err)
+        raise ConfigError(f"invalid YAML in {args.config} or a --set value: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{args.config} is not a YAML text file ({err.reason})") from None
     try:
         final = train(cfg, resume=args.resume)
     except TrainingDiverged as err:  # its message names the last good checkpoint
@@ -283,6 +298,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"pictures:  {Path(cfg.output_dir) / 'images'}"
     )
     return 0
+
+
+def _yaml_problem(err: Exception) -> str:
+    """What the YAML parser objects to and where, on one line (its message spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{getattr(err, 'problem', None) or err}{at}"
 
 
 def cmd_eval_recon(args: argparse.Namespace) -> int:
@@ -317,6 +339,13 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
 IMAGES_HELP = "image files, folders (searched recursively) or .txt/.jsonl lists of images"
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a batch of zero images is a mistake, not an empty run."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semhitok", description=__doc__.split("\n\n")[0])
@@ -330,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="init seed for preset models")
         p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         if batch:
-            p.add_argument("--batch-size", type=int, default=16)
+            p.add_argument("--batch-size", type=_positive_int, default=16)
         return p
 
     sub.add_parser("presets", help="list the registered presets").set_defaults(fn=cmd_presets)
@@ -402,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
         return 2
 
 
