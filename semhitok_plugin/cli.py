@@ -49,6 +49,12 @@ USER_ERRORS = (
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def print_user_error(err: Exception) -> None:
+    """``error: <message>`` on stderr, always one line, the whole answer to a user mistake; the
+    Qwen CLI reports its errors the same way."""
+    print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)
+
+
 def pick_device(name: str | None) -> torch.device:
     """The named device, else CUDA when present, else the CPU."""
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -431,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except USER_ERRORS as err:
-        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
+        print_user_error(err)
         return 2
 
 
