@@ -51,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .hub import WeightsNotFoundError, load_state_dict, resolve_url_file
+from .images import from_uint8, to_uint8
 from .usage import CodeUsage
 
 try:
@@ -328,11 +329,6 @@ def load_metric_backbones(
 
 
 # -- accumulators ----------------------------------------------------------------------------------
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> uint8, rounded and clamped exactly as ``images.to_pil`` saves."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 class FrechetStats:
     """Running mean and covariance of activations in float64, without keeping the activations.
 
@@ -407,9 +403,7 @@ class ReconstructionMetrics:
             mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
             self.psnr_sum += min(PSNR_MAX_DB, -10 * math.log10(mse)) if mse > 0 else PSNR_MAX_DB
             self.ssim_sum += float(structural_similarity(a, b, channel_axis=-1, data_range=255))
-        self.lpips_sum += float(
-            self.backbones.lpips(x.float() / 127.5 - 1, y.float() / 127.5 - 1).double().sum()
-        )
+        self.lpips_sum += float(self.backbones.lpips(from_uint8(x), from_uint8(y)).double().sum())
         self.real.update(inception_activations(self.backbones.inception, x.float() / 255))
         self.fake.update(inception_activations(self.backbones.inception, y.float() / 255))
         self.images += len(x)
@@ -437,15 +431,6 @@ class ReconstructionMetrics:
         }
 
 
-def _usage_stats(usage: CodeUsage) -> dict:
-    counts = usage.counts
-    return {
-        "used": int((counts > 0).sum()) / usage.num_codes,
-        "perplexity": usage.perplexity(),
-        "codes": usage.num_codes,
-    }
-
-
 class CodebookUsage:
     """Exact usage of the semantic, pixel (in-sub-codebook) and flat ids over a set of images."""
 
@@ -462,7 +447,7 @@ class CodebookUsage:
             counter.update(ids.to(counter.counts.device))
 
     def compute(self) -> dict:
-        return {key: _usage_stats(counter) for key, counter in self.counters.items()}
+        return {key: counter.summary() for key, counter in self.counters.items()}
 
 
 # -- entry points ----------------------------------------------------------------------------------
@@ -574,5 +559,4 @@ __all__ = [
     "resolve_inception_weights",
     "resolve_vgg16_weights",
     "semantic_fidelity",
-    "to_uint8",
 ]

@@ -116,11 +116,20 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """Same-size RGB PIL images -> (B, 3, H, W) float in [-1, 1]."""
-    arrays = np.stack([np.asarray(img, dtype=np.float32) for img in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+    arrays = np.stack([np.asarray(img) for img in images])
+    return from_uint8(torch.from_numpy(arrays).permute(0, 3, 1, 2))
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> RGB PIL images (rounded, clamped)."""
-    arrays = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a) for a in arrays.permute(0, 2, 3, 1).cpu().numpy()]
+    return [Image.fromarray(a) for a in to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> uint8, rounded and clamped: the pixels a saved image holds."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1]; the inverse of :func:`to_uint8` on its outputs."""
+    return pixels.float() / 127.5 - 1

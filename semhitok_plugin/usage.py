@@ -27,8 +27,8 @@ class CodeUsage(nn.Module):
         self.counts.zero_()
 
     def fraction_used(self) -> float:
-        """Share of codes selected at least once."""
-        return (self.counts > 0).float().mean().item()
+        """Share of codes selected at least once (an exact count over ``num_codes``)."""
+        return int((self.counts > 0).sum()) / self.num_codes
 
     def perplexity(self) -> float:
         """exp(entropy) of the empirical code distribution; equals num_codes when uniform."""
@@ -37,3 +37,11 @@ class CodeUsage(nn.Module):
             return 0.0
         p = self.counts[self.counts > 0].double() / total
         return torch.exp(-(p * p.log()).sum()).item()
+
+    def summary(self) -> dict[str, float | int]:
+        """``used`` (:meth:`fraction_used`), ``perplexity`` and the number of ``codes``."""
+        return {
+            "used": self.fraction_used(),
+            "perplexity": self.perplexity(),
+            "codes": self.num_codes,
+        }

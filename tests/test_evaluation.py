@@ -23,7 +23,7 @@ from skimage.metrics import structural_similarity
 
 from semhitok_plugin import WeightsNotFoundError
 from semhitok_plugin import evaluation as ev
-from semhitok_plugin.images import center_crop, to_tensor
+from semhitok_plugin.images import center_crop, to_tensor, to_uint8
 from semhitok_plugin.samples import SAMPLE_PHOTOS, sample_photo
 
 SEED = 1234  # weights "downloaded" by the tests; the random backbones use another seed
@@ -223,10 +223,10 @@ def test_random_backbones_are_flagged_and_reproducible(random_backbones):
 # -- metrics -------------------------------------------------------------------------------------
 def test_streaming_frechet_equals_numpy_on_all_activations(backbones, photos6, tiny_model):
     images = torch.cat([photos6, photos6.flip(-1)])
-    acts = ev.inception_activations(backbones.inception, ev.to_uint8(images).float() / 255)
+    acts = ev.inception_activations(backbones.inception, to_uint8(images).float() / 255)
     a = acts.double().numpy()
     recon = tiny_model.reconstruct(images)
-    b = ev.inception_activations(backbones.inception, ev.to_uint8(recon).float() / 255)
+    b = ev.inception_activations(backbones.inception, to_uint8(recon).float() / 255)
     b = b.double().numpy()
     real, fake = ev.FrechetStats(), ev.FrechetStats()
     for chunk in np.split(np.arange(12), [5, 7]):  # uneven batches, one of size 2
