@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from semhitok_plugin.cli import USER_ERRORS, batched, pick_device
+from semhitok_plugin.cli import USER_ERRORS, batched, pick_device, print_user_error
 from semhitok_plugin.images import ImageReadError
 from semhitok_plugin.token_files import write_tokens
 from semhitok_plugin.visualize import grid
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (*USER_ERRORS, ImageReadError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_user_error(err)
         return 2
 
 
