@@ -24,7 +24,7 @@ class Probe:
     input: str  # what was fed in, in words ("truncated JPEG", "ids >= vocab_size")
     entry_point: str  # where it was fed ("training loader", "semhitok encode", ...)
     outcome: str  # what happened, in words (the error message, "skipped and counted", ...)
-    ok: bool  # the outcome is the guaranteed one
+    ok: bool  # the outcome is the guaranteed one: the table's last column and exit status
 
 
 __all__ = ["Probe"]
