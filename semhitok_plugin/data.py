@@ -71,7 +71,7 @@ from semhitok_plugin.config import (
     PositiveInt,
     check_fields,
 )
-from semhitok_plugin.images import ImageReadError, center_crop, load_image, to_tensor
+from semhitok_plugin.images import SkippedImages, center_crop, load_image, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -254,15 +254,11 @@ def _load_batch(
 ) -> dict[str, Any]:
     """Read every slot of ``request`` (None where unreadable), collate, and attach the names and
     reasons of the unreadable files and the cursor after the batch."""
-    samples: list[_Sample | None] = []
-    bad: list[tuple[str, str]] = []
-    for item, name in zip(request.items, names, strict=True):
-        try:
-            samples.append(read(item))
-        except (ImageReadError, _Unreadable) as err:
-            samples.append(None)
-            bad.append((name, str(err.__cause__ or err)))
-    return {**collate(samples), "bad": bad, "end": request.end}
+    skipped = SkippedImages(errors=(_Unreadable,))
+    samples = [
+        skipped.read(read, item, name) for item, name in zip(request.items, names, strict=True)
+    ]
+    return {**collate(samples), "bad": skipped.files, "end": request.end}
 
 
 def _deliver(batches: Iterable[dict], logged: set[str]) -> Iterator[dict]:

@@ -451,7 +451,7 @@ class CodebookUsage:
 
 
 # -- entry points ----------------------------------------------------------------------------------
-def _images(batch: dict, device) -> torch.Tensor:
+def _checked(batch: dict, device) -> torch.Tensor:
     images = batch["images"]
     if not torch.is_floating_point(images):
         raise TypeError(f"batch images must be float in [-1, 1], got {images.dtype}")
@@ -461,6 +461,28 @@ def _images(batch: dict, device) -> torch.Tensor:
             f"batch images must be in [-1, 1], got [{images.min():.3f}, {images.max():.3f}]"
         )
     return images
+
+
+class _EvalPass:
+    """One pass over ``batches`` with ``model`` in eval mode (its mode is restored afterwards):
+    yields each non-empty batch's images on ``device``, checked to be floats in [-1, 1], and
+    sums the files the loader skipped (``batch["skipped"]``) in ``skipped``."""
+
+    def __init__(self, model: nn.Module, batches: Iterable[dict], device) -> None:
+        self.model, self.batches, self.device = model, batches, device
+        self.skipped = 0
+
+    def __iter__(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in self.batches:
+                self.skipped += int(batch.get("skipped", 0))
+                images = _checked(batch, self.device)
+                if len(images):
+                    yield images
+        finally:
+            self.model.train(was_training)
 
 
 def _progress(batches, progress: bool, desc: str):
@@ -484,26 +506,17 @@ def evaluate_reconstruction(
     """
     metrics = ReconstructionMetrics(backbones)
     usage = CodebookUsage(model.codebook_size, model.sub_codebook_size, device)
-    skipped = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in _progress(batches, progress, "eval-recon"):
-            skipped += int(batch.get("skipped", 0))
-            images = _images(batch, device)
-            if len(images) == 0:
-                continue
-            out = model.encode(images)
-            # The discrete path, as model.reconstruct, keeping the ids of the same encoding.
-            with torch.no_grad():
-                recon = model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1)
-            usage.update(out.sem_ids, out.pix_ids, out.flat_ids)
-            metrics.update(images, recon)
-    finally:
-        model.train(was_training)
+    evaluated = _EvalPass(model, _progress(batches, progress, "eval-recon"), device)
+    for images in evaluated:
+        out = model.encode(images)
+        # The discrete path, as model.reconstruct, keeping the ids of the same encoding.
+        with torch.no_grad():
+            recon = model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1)
+        usage.update(out.sem_ids, out.pix_ids, out.flat_ids)
+        metrics.update(images, recon)
     result = metrics.compute()
     result["usage"] = usage.compute()
-    result["skipped"] = skipped
+    result["skipped"] = evaluated.skipped
     result["backbones"] = RANDOM_NOTE if backbones.random else PRETRAINED
     return result
 
@@ -514,27 +527,19 @@ def semantic_fidelity(
 ) -> dict:
     """Mean cosine similarity, over all tokens of all images, between the semantic decoder's
     output on the quantised semantic codes and the teacher's features (the stage-1 target)."""
-    total, tokens, images_seen, skipped = 0.0, 0, 0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            skipped += int(batch.get("skipped", 0))
-            images = _images(batch, device)
-            if len(images) == 0:
-                continue
-            # The path of the distillation loss (SemHiTok.forward, stage "semantic"), no update.
-            target, sem = model.distill(model.to_canvas(images))
-            decoded = model.semantic_decoder(sem.quantized)
-            cos = F.cosine_similarity(decoded.float(), target.float(), dim=-1)
-            total += float(cos.double().sum())
-            tokens += cos.numel()
-            images_seen += len(images)
-    finally:
-        model.train(was_training)
+    total, tokens, images_seen = 0.0, 0, 0
+    evaluated = _EvalPass(model, batches, device)
+    for images in evaluated:
+        # The path of the distillation loss (SemHiTok.forward, stage "semantic"), no update.
+        target, sem = model.distill(model.to_canvas(images))
+        decoded = model.semantic_decoder(sem.quantized)
+        cos = F.cosine_similarity(decoded.float(), target.float(), dim=-1)
+        total += float(cos.double().sum())
+        tokens += cos.numel()
+        images_seen += len(images)
     if images_seen == 0:
         raise ValueError("semantic_fidelity got no images")
-    return {"cosine": total / tokens, "images": images_seen, "skipped": skipped}
+    return {"cosine": total / tokens, "images": images_seen, "skipped": evaluated.skipped}
 
 
 __all__ = [

@@ -12,7 +12,8 @@ Reading a file is hardened against hostile input, because training sets are scra
   decoded (a 12 KB PNG can declare 100 megapixels). Pillow's own check refuses above
   ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (179 M) whatever :data:`MAX_PIXELS` says.
 * Every decoding failure (Pillow raises ``OSError``, ``SyntaxError``, ``TypeError`` ... on broken
-  files) becomes :class:`ImageReadError` naming the file, which the loaders skip and count.
+  files) becomes :class:`ImageReadError` naming the file, which the loaders skip and count
+  (:class:`SkippedImages`).
 * Odd but valid files come out as the image a viewer shows: the first frame of an animation,
   16-bit greys scaled to 8 bits (not clipped to white), CMYK JPEGs with the Adobe convention
   Photoshop and libjpeg write, and any transparency (alpha, palette or ``tRNS`` colour)
@@ -24,8 +25,9 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +50,8 @@ DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+T = TypeVar("T")
+R = TypeVar("R")
 _GREY_16_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -72,6 +76,47 @@ def load_image(path: str | Path | IO[bytes], *, as_stored: bool = False) -> Imag
             return img.convert("RGB") if as_stored else to_rgb(ImageOps.exif_transpose(img))
     except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {err}") from err
+
+
+class SkippedImages:
+    """The unreadable images of a pass, skipped and counted so that one bad file never stops it.
+
+    :meth:`read` turns an :class:`ImageReadError` (or one of the caller's own ``errors``) into
+    ``None``, records ``(name, reason)`` in :attr:`files` and hands both to ``report``.
+    """
+
+    def __init__(
+        self,
+        *,
+        errors: tuple[type[Exception], ...] = (),
+        report: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.errors = (ImageReadError, *errors)
+        self.report = report
+        self.files: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, read: Callable[[T], R], item: T, name: str | None = None) -> R | None:
+        """``read(item)``, or ``None`` when it fails on a bad image; ``name`` defaults to the
+        item as text (a path), the reason is the decoder's own message."""
+        try:
+            return read(item)
+        except self.errors as err:
+            name = str(item) if name is None else name
+            reason = str(err.__cause__ or err)
+            self.files.append((name, reason))
+            if self.report is not None:
+                self.report(name, reason)
+            return None
+
+    def readable(self, items: Iterable[T], read: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+        """``(item, read(item))`` of each item that can be read, lazily; the others are skipped."""
+        for item in items:
+            value = self.read(read, item)
+            if value is not None:
+                yield item, value
 
 
 def _check_pixels(img: Image.Image) -> None:

@@ -38,7 +38,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from semhitok_plugin import SemHiTok, load_model
-from semhitok_plugin.images import ImageReadError, load_image
+from semhitok_plugin.images import SkippedImages, load_image
 
 from .dataset import DATASET_PREFIX, code_dirs, path_problems
 
@@ -81,7 +81,8 @@ def load_as_imagefolder(path: str) -> Image.Image:
 
 
 class SafeImages(Dataset):
-    """ImageFolder samples read as ImageFolder reads them; a bad file yields its error."""
+    """ImageFolder samples read as ImageFolder reads them: (image or None, label, path, the
+    ``(path, reason)`` of a file that could not be read)."""
 
     def __init__(self, samples: list[tuple[str, int]], transform) -> None:
         self.samples, self.transform = samples, transform
@@ -91,16 +92,16 @@ class SafeImages(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        try:
-            return self.transform(load_as_imagefolder(path)), label, path, None
-        except ImageReadError as err:
-            return None, label, path, str(err)
+        skipped = SkippedImages()
+        image = skipped.read(lambda p: self.transform(load_as_imagefolder(p)), path)
+        return image, label, path, skipped.files
 
 
 def collate(items):
-    good = [it for it in items if it[3] is None]
+    good = [it for it in items if it[0] is not None]
     images = torch.stack([it[0] for it in good]) if good else None
-    return images, [it[1] for it in good], [it[2] for it in good], [it for it in items if it[3]]
+    bad = [file for it in items for file in it[3]]
+    return images, [it[1] for it in good], [it[2] for it in good], bad
 
 
 @dataclass
@@ -178,8 +179,8 @@ def extract(
     bar = progress_bar(len(todo), progress)
     with open(sources_file, "a") as sources, open(skipped_file, "a") as skipped:
         for images, labels, paths, bad in loader:
-            for _, _, path, err in bad:
-                print(f"skipping {err}", file=sys.stderr)
+            for path, reason in bad:
+                print(f"skipping unreadable {path} ({reason})", file=sys.stderr)
                 skipped.write(path + "\n")
                 result.skipped.append(path)
             if images is not None:
