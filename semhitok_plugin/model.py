@@ -315,16 +315,23 @@ def check_state_dict(
     )
 
 
+def _preset(spec: str) -> SemHiTokConfig | None:
+    """The preset ``spec`` names, unless a directory of that name exists: a checkpoint on disk
+    wins, so the config and the weights of a spec always come from the same place."""
+    from .plugins import available_presets
+
+    return None if Path(spec).expanduser().is_dir() else available_presets().get(spec)
+
+
 def resolve_config(spec: str) -> tuple[SemHiTokConfig, str]:
-    """The config of a preset, a ``save_pretrained`` directory or a hub repo id, without weights.
+    """The config of a preset, a ``save_pretrained`` directory (or its ``config.json``) or a hub
+    repo id, without weights.
 
     Returns it with a description of where it came from ("preset" or "checkpoint (<dir>)").
     """
-    from .plugins import available_presets
-
-    presets = available_presets()
-    if spec in presets:
-        return presets[spec], "preset"
+    preset = _preset(spec)
+    if preset is not None:
+        return preset, "preset"
     option = "a preset name, a save_pretrained directory or a hub repo id"
     path = resolve_file(spec, [CONFIG_NAME], what="SemHiTok config", option=option)
     return SemHiTokConfig.load(path), f"checkpoint ({path.parent})"
@@ -336,20 +343,17 @@ def load_model(spec: str, *, teacher_weights: str | None = None, seed: int = 0) 
     A preset builds a fresh model (random weights from ``seed``, teacher weights from
     ``teacher_weights`` or the preset's default); directories and hub ids load a checkpoint.
     """
-    from .plugins import available_presets, get_preset
+    from .plugins import available_presets
 
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return SemHiTok.from_pretrained(path)
-    if spec in available_presets():
-        config = get_preset(spec)
+    config = _preset(spec)
+    if config is not None:
         if teacher_weights:
             config.teacher.weights = teacher_weights
         torch.manual_seed(seed)
         model = SemHiTok(config)
         model.name_or_path = spec
         return model.eval()
-    if is_hub_id(spec):
+    if Path(spec).expanduser().is_dir() or is_hub_id(spec):
         return SemHiTok.from_pretrained(spec)
     raise WeightsNotFoundError(
         f"model {spec!r} is not a preset ({', '.join(sorted(available_presets()))}), an existing "

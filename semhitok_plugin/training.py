@@ -64,7 +64,7 @@ from .config import ConfigError, SemHiTokConfig, from_plain
 from .data import DataConfig, ImageStream, eval_batches
 from .discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from .images import to_pil
-from .model import STAGES, SemHiTok, StageOutput
+from .model import STAGES, SemHiTok, StageOutput, resolve_config
 from .visualize import grid, token_map
 from .weight_ema import WeightEMA
 
@@ -117,7 +117,7 @@ class TrainConfig:
     stage: str
     data: DataConfig
     output_dir: str
-    model: str = "siglip-l16-256"  # stage 1: a preset or a config.json; later stages: unused
+    model: str = "siglip-l16-256"  # stage 1: a preset or config (resolve_config); else unused
     init: str | None = None  # stages 2-3: save_pretrained dir of the previous stage
     model_overrides: dict[str, Any] = field(default_factory=dict)
     teacher_weights: str | None = None
@@ -216,10 +216,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 def build_stage_model(cfg: TrainConfig) -> SemHiTok:
     """The model a stage starts from; later stages refuse to change what they freeze."""
     if cfg.stage == "semantic":
-        from .plugins import available_presets
-
-        presets = available_presets()
-        base = presets[cfg.model] if cfg.model in presets else SemHiTokConfig.load(cfg.model)
+        base, _ = resolve_config(cfg.model)
         config = SemHiTokConfig.from_dict(_merge(base.to_dict(), cfg.model_overrides))
         if cfg.teacher_weights:
             config.teacher.weights = cfg.teacher_weights

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from semhitok_plugin import CheckpointMismatchError, ConfigError, SemHiTok, WeightsNotFoundError
-from semhitok_plugin.model import load_model
+from semhitok_plugin.model import load_model, resolve_config
 
 
 def test_save_load_is_bit_exact(tiny_model, photos, tmp_path):
@@ -113,6 +113,18 @@ def test_missing_local_teacher_path_names_it(tiny_config, tmp_path):
 def test_load_model_rejects_unknown_specs():
     with pytest.raises(WeightsNotFoundError, match="not a preset"):
         load_model("no such model!")
+
+
+def test_a_spec_names_one_place_for_config_and_weights(tiny_model, tmp_path, monkeypatch):
+    """A directory called like a preset is a checkpoint for the config and the weights alike."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("tiny") == (tiny_model.config, "preset")
+    tiny_model.config.semantic.commitment_weight = 0.5  # a config no preset has
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    config, kind = resolve_config("tiny")
+    assert config == tiny_model.config and kind == "checkpoint (tiny)"
+    assert load_model("tiny").config == tiny_model.config
+    assert resolve_config("tiny/config.json")[0] == tiny_model.config
 
 
 def test_open_clip_teacher_backend(tiny_config, photos, tmp_path):
