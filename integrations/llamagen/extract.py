@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from tqdm import tqdm
 
 from semhitok_plugin import SemHiTok, load_model
 from semhitok_plugin.images import SkippedImages, load_image
@@ -176,7 +177,7 @@ def extract(
         collate_fn=collate,
     )
     index = len(done)
-    bar = progress_bar(len(todo), progress)
+    bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not progress)
     with open(sources_file, "a") as sources, open(skipped_file, "a") as skipped:
         for images, labels, paths, bad in loader:
             for path, reason in bad:
@@ -230,24 +231,6 @@ def write_meta(path: Path, model: SemHiTok, result: ExtractResult, dtype, ten_cr
         "files": result.total,
     }
     path.write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def progress_bar(total: int, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional
-        enabled = False
-    if not enabled:
-
-        class _Null:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-
-        return _Null()
-    return tqdm(total=total, unit="img", desc="extracting")
 
 
 def main(argv: list[str] | None = None) -> int:
