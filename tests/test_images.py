@@ -39,6 +39,6 @@ def test_uint8_round_trip_is_what_a_saved_image_holds():
     images = torch.linspace(-1.2, 1.2, 3 * 4 * 5).reshape(1, 3, 4, 5)
     pixels = to_uint8(images)
     assert pixels.dtype == torch.uint8 and pixels.min() == 0 and pixels.max() == 255
-    saved = torch.from_numpy(np.asarray(to_pil(images)[0]))
+    saved = torch.from_numpy(np.array(to_pil(images)[0]))
     assert torch.equal(pixels[0].permute(1, 2, 0), saved)
     assert torch.equal(to_uint8(from_uint8(pixels)), pixels)
