@@ -1,38 +1,31 @@
-"""Small-scale replication of the paper's ablations (Tab. 7 row 1 and Tab. 9) on the sample photos.
+"""A small-scale replication of the paper's Tab. 7 row 1 and Tab. 9 on the sample photos.
 
 One stage-1 semantic tokenizer is trained once (``configs/demo_cpu/stage1.yaml``); then every
-variant trains stage 2 from it with the identical budget (steps, batch, lr, seed, data order):
+variant trains stage 2 from it with the identical budget (``--steps``, batch, lr, seed, data
+order), on the trainer's device (CUDA when present):
 
 * decoder input: semantic codes only (the semantic-codebook baseline), SGHC ``channel`` concat
   (paper default), ``sequence`` concat, ``none`` (pixel codes only);
 * sub-codebook size m in {4, 8, 12} for ``channel``.
 
 Reported on held-out tiles (pixels never trained on): PSNR and SSIM. LPIPS and rFID need
-pretrained VGG/Inception weights, which this offline machine does not have; pass
-``--lpips-weights`` to add LPIPS. Sub-codebook usage is measured over random training crops:
-the share of the m entries used inside the sub-codebooks that are visited at all (Tab. 9's
-"Usage").
-
-    python benchmarks/ablation.py [--steps 600] [--out benchmarks/results/ablation.json]
+pretrained VGG/Inception weights, which an offline machine does not have; ``--lpips-weights``
+adds LPIPS. Sub-codebook usage is measured over random training crops: the share of the m
+entries used inside the sub-codebooks that are visited at all (Tab. 9's "Usage"). Quick mode
+trains 2 steps per stage, to check the plumbing only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from itertools import islice
 from pathlib import Path
 
 import torch
-from quantizer import machine_info  # sibling script: one machine record for all reports
 
-from semhitok_plugin.data import DataConfig, ImageStream, eval_batches
-from semhitok_plugin.demo import CONFIGS, write_demo_data
-from semhitok_plugin.evaluation import evaluate_reconstruction, load_lpips, load_metric_backbones
-from semhitok_plugin.model import SemHiTok
-from semhitok_plugin.training import TrainConfig, train
+from benchmarks.suite import Context, Row
 
+NAME = "ablation"
 VARIANTS = {  # name: (concat, m)
     "semantic only": ("semantic", 12),
     "none (pixel only)": ("none", 12),
@@ -43,9 +36,17 @@ VARIANTS = {  # name: (concat, m)
 }
 
 
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--steps", type=int, help="stage-2 steps per variant (600; quick 2)")
+    group.add_argument("--work", type=Path, default=Path("outputs/ablation"), help="run folder")
+    group.add_argument("--lpips-weights", help="VGG16 weights file, to report LPIPS too")
+
+
 @torch.no_grad()
-def sub_codebook_usage(model: SemHiTok, source: Path, batches: int = 40) -> float:
+def sub_codebook_usage(model, source: Path, batches: int) -> float:
     """Used flat codes / (m x visited semantic codes), over random training crops."""
+    from semhitok_plugin.data import DataConfig, ImageStream
+
     stream = ImageStream(DataConfig(source=str(source), image_size=64), 32, seed=123)
     flat = torch.cat(
         [model.encode(b["images"]).flat_ids.flatten() for b in islice(stream, batches)]
@@ -54,70 +55,59 @@ def sub_codebook_usage(model: SemHiTok, source: Path, batches: int = 40) -> floa
     return flat.unique().numel() / (visited * model.sub_codebook_size)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="stage-2 steps per variant")
-    parser.add_argument("--work", type=Path, default=Path("outputs/ablation"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation.json"))
-    parser.add_argument("--lpips-weights", help="VGG16 weights file, to report LPIPS too")
-    args = parser.parse_args()
+def run(ctx: Context) -> list[Row]:
+    from semhitok_plugin.data import DataConfig, eval_batches
+    from semhitok_plugin.demo import CONFIGS, write_demo_data
+    from semhitok_plugin.evaluation import (
+        evaluate_reconstruction,
+        load_lpips,
+        load_metric_backbones,
+    )
+    from semhitok_plugin.model import SemHiTok
+    from semhitok_plugin.training import TrainConfig, train
 
-    start = time.perf_counter()
-    train_dir, heldout = write_demo_data(args.work / "data")
-    data_override = [f"data.source={train_dir}"]
+    opts = ctx.options
+    steps = opts["steps"] or (2 if ctx.quick else 600)
+    work: Path = opts["work"]
+    train_dir, heldout = write_demo_data(work / "data")
+    common = [f"data.source={train_dir}", "image_every=100000"]
+    common += ["max_steps=2", "checkpoint_every=2"] if ctx.quick else []
     stage1 = train(
-        TrainConfig.load(
-            CONFIGS / "stage1.yaml", [*data_override, f"output_dir={args.work / 'stage1'}"]
-        )
+        TrainConfig.load(CONFIGS / "stage1.yaml", [*common, f"output_dir={work / 'stage1'}"])
     )
     # rFID is not reported (no Inception weights offline); LPIPS only with real VGG weights.
     backbones = load_metric_backbones(random_backbones=True, fid_dims=64)
-    if args.lpips_weights:
-        backbones.lpips = load_lpips(args.lpips_weights)
+    if opts["lpips_weights"]:
+        backbones.lpips = load_lpips(opts["lpips_weights"])
     heldout_data = DataConfig(source=str(heldout), image_size=64, crop="center")
-    rows = {}
+    rows = []
     for name, (concat, m) in VARIANTS.items():
-        slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-        cfg = TrainConfig.load(
-            CONFIGS / "stage2.yaml",
-            [
-                *data_override,
-                f"output_dir={args.work / slug}",
-                f"init={stage1}",
-                f"max_steps={args.steps}",
-                "image_every=100000",
-                f"eval_data.source={heldout}",
-                f"model_overrides.pixel.concat={concat}",
-                f"model_overrides.pixel.sub_codebook_size={m}",
-            ],
+        slug = f"{concat}_m{m}"
+        overrides = [
+            *common,
+            f"output_dir={work / slug}",
+            f"init={stage1}",
+            f"max_steps={steps}",
+            f"eval_data.source={heldout}",
+            f"model_overrides.pixel.concat={concat}",
+            f"model_overrides.pixel.sub_codebook_size={m}",
+        ]
+        model = SemHiTok.from_pretrained(
+            train(TrainConfig.load(CONFIGS / "stage2.yaml", overrides))
         )
-        model = SemHiTok.from_pretrained(train(cfg))
         metrics = evaluate_reconstruction(
             model, eval_batches(heldout_data, 32), backbones, progress=False
         )
-        rows[name] = {
-            "concat": concat,
-            "m": m,
+        values = {
             "psnr": metrics["psnr"],
             "ssim": metrics["ssim"],
-            "lpips": metrics["lpips"] if args.lpips_weights else None,
-            "sub_codebook_usage": sub_codebook_usage(model, train_dir),
+            "sub_codebook_usage": sub_codebook_usage(model, train_dir, 2 if ctx.quick else 40),
         }
-        print(
-            f"{name:20} PSNR {rows[name]['psnr']:6.2f}  SSIM {rows[name]['ssim']:.3f}  "
-            f"usage {rows[name]['sub_codebook_usage']:.1%}",
-            flush=True,
-        )
-    report = {
-        "machine": machine_info(),
-        "stage2_steps": args.steps,
-        "rows": rows,
-        "minutes": (time.perf_counter() - start) / 60,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out} ({report['minutes']:.1f} min)")
+        if opts["lpips_weights"]:
+            values["lpips"] = metrics["lpips"]
+        params = {"concat": concat, "m": m, "stage2_steps": steps, "checkpoint": str(work / slug)}
+        rows.append(Row(NAME, name, params, {k: float(v) for k, v in values.items()}))
+    return rows
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["NAME", "VARIANTS", "run"]

@@ -1,13 +1,11 @@
-"""Load benchmark: ``semhitok encode`` on N small images in one call, in bounded memory.
+"""``semhitok encode`` on many small images in one call, in bounded memory.
 
-    python -m benchmarks.encode_memory [--images 10000] [--batch-size 16] [--model tiny]
-        [--out benchmarks/results/encode_memory.json] [--plots DIR | --no-plots]
-
-Run from the repository root. It writes N small images (mixed sizes from 48 to 128 px, JPEG and
-PNG, smooth random content) into a temporary folder, runs ``semhitok encode FOLDER -m tiny -o
-tokens.npz`` in a child process with stderr going to a file (as in a batch job, not a TTY), and
-samples the child's resident set every 50 ms. The progress bar the child writes says how many
-images were done at each sample, so memory is read against images, not time:
+For each preset (default ``tiny``) and batch size (default 16), it writes ``--images`` small
+images (mixed sizes from 48 to 128 px, JPEG and PNG, smooth random content) into a temporary
+folder, runs ``semhitok encode FOLDER -m PRESET -o tokens.npz --device DEVICE`` in a child
+process with stderr going to a file (as in a batch job, not a TTY), and samples the child's
+resident set every 50 ms. The progress bar the child writes says how many images were done at
+each sample, so memory is read against images, not time:
 
 * warm-up RSS: at the first sample once ``--warmup`` of the images are done (default 20 %);
 * growth: the largest RSS over the rest of the encoding minus the warm-up RSS;
@@ -20,7 +18,8 @@ images were done at each sample, so memory is read against images, not time:
 
 Keeping one 64x64x3 float32 crop per image (48 KiB) would read as a slope of ~47 MiB per 1k
 images (the dashed line in the plot). The ids are kept by design: one preallocated int32 array,
-h x w x 4 bytes per image (256 B at ``tiny``, 0.25 MiB per 1k images).
+h x w x 4 bytes per image (256 B at ``tiny``, 0.25 MiB per 1k images). The meter itself
+(:func:`measure_encode`) is also what ``tests/test_encode_load.py`` bounds the growth with.
 """
 
 from __future__ import annotations
@@ -38,10 +37,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` is a folder of the clone, not an installed package
-    sys.path.insert(0, str(ROOT))
+from benchmarks.suite import Context, Row
+from benchmarks.suite.harness import save_figure
 
+NAME = "encode_memory"
 SIZES = ((64, 64), (48, 80), (96, 64), (72, 72), (128, 96))  # (width, height)
 PROGRESS = re.compile(rb"(\d+)/(\d+) \[")  # tqdm's "done/total [elapsed<left, rate]"
 MIB = 2**20
@@ -80,10 +79,13 @@ def write_images(directory: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def encode_command(inputs: list[str], output: Path, model: str, batch_size: int) -> list[str]:
+def encode_command(
+    inputs: list[str], output: Path, model: str, batch_size: int, device: str | None = None
+) -> list[str]:
     """The CLI call a user would make, in this interpreter's environment."""
     cli = [sys.executable, "-m", "semhitok_plugin.cli", "encode", *inputs]
-    return [*cli, "-m", model, "-o", str(output), "--batch-size", str(batch_size)]
+    cli += ["-m", model, "-o", str(output), "--batch-size", str(batch_size)]
+    return cli + (["--device", device] if device else [])
 
 
 def run_sampled(command: list[str], interval: float = 0.05) -> Run:
@@ -156,12 +158,13 @@ def measure_encode(
     batch_size: int = 16,
     warmup: float = 0.2,
     interval: float = 0.05,
+    device: str | None = None,
 ) -> tuple[Run, dict[str, float]]:
     """One ``semhitok encode`` call on ``inputs`` (``total`` images), sampled and summarised.
     The token file goes to a temporary folder and is checked to hold ``total`` int32 maps."""
     with tempfile.TemporaryDirectory() as tmp:
         tokens = Path(tmp, "tokens.npz")
-        run = run_sampled(encode_command(inputs, tokens, model, batch_size), interval)
+        run = run_sampled(encode_command(inputs, tokens, model, batch_size, device), interval)
         summary = summarise(run, total, warmup)
         if tokens.exists():
             with np.load(tokens) as data:
@@ -170,101 +173,86 @@ def measure_encode(
     return run, summary
 
 
-COLUMNS = (
-    ("images", "images", "{:,}"),
-    ("wall_s", "wall s", "{:.1f}"),
-    ("images_per_s", "images/s", "{:.0f}"),
-    ("warm_rss_mib", "RSS warm MiB", "{:.1f}"),
-    ("peak_encoding_mib", "peak enc MiB", "{:.1f}"),
-    ("peak_mib", "peak proc MiB", "{:.1f}"),
-    ("growth_mib", "growth MiB", "{:.1f}"),
-    ("slope_mib_per_1k", "MiB/1k img", "{:.2f}"),
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--images", type=int, help="images to encode (default 10,000; 300 quick)")
+    group.add_argument(
+        "--warmup", type=float, default=0.2, help="fraction of the images before warm (0.2)"
+    )
+
+
+METRICS = (
+    "wall_s",
+    "images_per_s",
+    "warm_rss_mib",
+    "peak_encoding_mib",
+    "peak_mib",
+    "growth_mib",
+    "slope_mib_per_1k",
 )
 
 
-def print_table(summary: dict[str, float]) -> None:
-    print("  ".join(f"{title:>13}" for _, title, _ in COLUMNS))
-    print("  ".join(f"{fmt.format(summary[key]):>13}" for key, _, fmt in COLUMNS))
+def run(ctx: Context) -> list[Row]:
+    total = ctx.options["images"] or (300 if ctx.quick else 10_000)
+    warmup = ctx.options["warmup"]
+    rows = []
+    for preset in ctx.presets_or(("tiny",)):
+        for batch in ctx.batches or (16,):
+            with tempfile.TemporaryDirectory() as tmp:
+                print(f"writing {total:,} images to {tmp}", file=sys.stderr, flush=True)
+                write_images(Path(tmp), total)
+                print("running semhitok encode (child RSS sampled every 50 ms)", file=sys.stderr)
+                run, summary = measure_encode(
+                    [tmp],
+                    total,
+                    model=preset,
+                    batch_size=batch,
+                    warmup=warmup,
+                    device=ctx.device.type,
+                )
+            if run.returncode:
+                raise RuntimeError(
+                    f"semhitok encode exited {run.returncode}:\n{run.stderr[-2000:]}"
+                )
+            step = max(1, len(run.samples) // 400)
+            series = [[round(s.seconds, 3), round(s.rss_mib, 2), s.done] for s in run.samples]
+            params = {k: v for k, v in summary.items() if k not in METRICS}
+            params |= {"preset": preset, "batch": batch, "device": ctx.device.type}
+            params["command"] = "semhitok encode FOLDER -m PRESET -o tokens.npz --batch-size B"
+            params["series"] = {
+                "columns": ["seconds", "rss_mib", "images_done"],
+                "rows": series[::step],
+            }
+            metrics = {k: float(summary[k]) for k in METRICS}
+            rows.append(Row(NAME, f"{preset} b{batch} {total} images", params, metrics))
+    return rows
 
 
-def plot(run: Run, summary: dict[str, float], directory: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot(rows: list[Row], directory: Path) -> list[Path]:
+    """RSS over time, and RSS against images encoded with the slope one leaked crop would add."""
     import matplotlib.pyplot as plt
 
-    from benchmarks.suite._harness import save_figure
-
-    fig, (by_time, by_images) = plt.subplots(1, 2, figsize=(11, 4))
-    seconds, rss = [s.seconds for s in run.samples], [s.rss_mib for s in run.samples]
-    by_time.plot(seconds, rss)
-    by_time.set(xlabel="seconds since start", ylabel="RSS (MiB)", title="child RSS over time")
-    total, warm_at = summary["images"], summary["images"] * summary["warmup"]
-    encoding = [s for s in run.samples if 0 < s.done < total]
-    by_images.plot([s.done for s in encoding], [s.rss_mib for s in encoding], ".", ms=3)
-    by_images.axvline(warm_at, color="grey", ls=":", lw=1)
-    warm_rss = summary["warm_rss_mib"]
-    leak = warm_rss + (total - warm_at) * CROP_BYTES / MIB
-    by_images.plot([warm_at, total], [warm_rss, leak], "r--", lw=1, label="if one crop leaked")
-    by_images.set(
-        xlabel="images encoded",
-        ylabel="RSS (MiB)",
-        ylim=(warm_rss - 50, max(leak, warm_rss + 100)),
-        title=f"growth after warm-up {summary['growth_mib']:.1f} MiB, "
-        f"{summary['slope_mib_per_1k']:.2f} MiB / 1k images",
-    )
-    by_images.legend(loc="upper left")
-    return save_figure(fig, directory / "encode_memory_rss.png")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=10_000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--warmup", type=float, default=0.2, help="fraction of images before warm")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/encode_memory.json")
-    p.add_argument("--plots", type=Path, default=ROOT / "benchmarks/results/plots")
-    p.add_argument("--no-plots", action="store_true")
-    return p.parse_args(argv)
-
-
-def write_results(args: argparse.Namespace, run: Run, summary: dict[str, float]) -> None:
-    """The JSON report (machine, parameters, summary, RSS series) and the plot."""
-    import torch
-
-    from benchmarks.quantizer import write_report
-
-    step = max(1, len(run.samples) // 400)
-    series = {
-        "columns": ["seconds", "rss_mib", "images_done"],
-        "rows": [[round(s.seconds, 3), round(s.rss_mib, 2), s.done] for s in run.samples[::step]],
-    }
-    parameters = {k: v for k, v in vars(args).items() if k in ("images", "batch_size", "model")}
-    parameters["command"] = "semhitok encode FOLDER -m MODEL -o tokens.npz --batch-size B"
-    write_report(args.out, torch.device("cpu"), parameters, results=summary, series=series)
-    if not args.no_plots:
-        print(f"wrote {plot(run, summary, args.plots)}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"writing {args.images:,} images to {tmp}", file=sys.stderr, flush=True)
-        write_images(Path(tmp), args.images)
-        print("running semhitok encode (child RSS sampled every 50 ms)", file=sys.stderr)
-        run, summary = measure_encode(
-            [tmp], args.images, model=args.model, batch_size=args.batch_size, warmup=args.warmup
+    written = []
+    for row in rows:
+        samples = [Sample(*values) for values in row.params["series"]["rows"]]
+        m, total = row.metrics, row.params["images"]
+        fig, (by_time, by_images) = plt.subplots(1, 2, figsize=(11, 4))
+        by_time.plot([s.seconds for s in samples], [s.rss_mib for s in samples])
+        by_time.set(xlabel="seconds since start", ylabel="RSS (MiB)", title="child RSS over time")
+        warm_at = total * row.params["warmup"]
+        encoding = [s for s in samples if 0 < s.done < total]
+        by_images.plot([s.done for s in encoding], [s.rss_mib for s in encoding], ".", ms=3)
+        by_images.axvline(warm_at, color="grey", ls=":", lw=1)
+        warm_rss = m["warm_rss_mib"]
+        leak = warm_rss + (total - warm_at) * CROP_BYTES / MIB
+        by_images.plot([warm_at, total], [warm_rss, leak], "r--", lw=1, label="if one crop leaked")
+        by_images.set(
+            xlabel="images encoded",
+            ylabel="RSS (MiB)",
+            ylim=(warm_rss - 50, max(leak, warm_rss + 100)),
+            title=f"growth after warm-up {m['growth_mib']:.1f} MiB, "
+            f"{m['slope_mib_per_1k']:.2f} MiB / 1k images",
         )
-    print_table(summary)
-    finals = [line for line in run.stderr.splitlines() if line.startswith("encoded ")]
-    print(f"semhitok: {finals[-1] if finals else '(no summary line)'}", flush=True)
-    if run.returncode:
-        print(run.stderr[-2000:], file=sys.stderr)
-        return 1
-    write_results(args, run, summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        by_images.legend(loc="upper left")
+        suffix = "" if len(rows) == 1 else f"_{row.params['preset']}_b{row.params['batch']}"
+        written.append(save_figure(fig, directory / f"encode_memory_rss{suffix}.png"))
+    return written

@@ -1,16 +1,18 @@
-"""What SemHiTok's 196,608-id vocabulary costs in LlamaGen's GPT sizes (arithmetic, no timing).
+"""What SemHiTok's 196,608 ids cost in LlamaGen's GPT sizes (arithmetic).
 
 Shapes from FoundationVision/LlamaGen ``autoregressive/models/gpt.py`` (5a50452d): the GPT_*
 configs, an untied ``nn.Embedding(V, dim)`` table and ``nn.Linear(dim, V)`` head, SwiGLU hidden
 ``find_multiple(int(8 * dim / 3), 256)``, attention ``4 * dim**2`` (n_kv_head = n_head), two
 RMSNorms per block plus a final one, a 1,001-row class table. Training logits are fp32
-(``self.output(h).float()``) for every position, even under bf16 autocast.
-
-    python benchmarks/llamagen_vocab_cost.py     # prints the README's markdown table
+(``self.output(h).float()``) for every position, even under bf16 autocast. Nothing is timed:
+one row per GPT size (``--markdown`` prints the README's table).
 """
 
 from __future__ import annotations
 
+from benchmarks.suite import Context, Row
+
+NAME = "llamagen_vocab_cost"
 SIZES = {  # name: (layers, width)
     "GPT-B": (12, 768),
     "GPT-L": (24, 1024),
@@ -20,6 +22,7 @@ SIZES = {  # name: (layers, width)
 }
 LLAMAGEN_VOCAB, SEMHITOK_VOCAB = 16384, 16384 * 12
 BATCH, TOKENS, GPUS = 256, 256, 8  # train_c2i's global batch; 16 x 16 tokens at 256 px
+GIB = 2**30
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -27,28 +30,30 @@ def find_multiple(n: int, k: int) -> int:
 
 
 def body_params(layers: int, dim: int) -> int:
+    """Everything but the token table and the head: blocks, final norm, class table."""
     hidden = find_multiple(int(8 * dim / 3), 256)
     return layers * (4 * dim * dim + 3 * dim * hidden + 2 * dim) + dim + 1001 * dim
 
 
-def main() -> None:
-    logits = BATCH * TOKENS * SEMHITOK_VOCAB * 4
-    print(
-        "| model | dim | body params | emb+head @16,384 | emb+head @196,608 | total @196,608 | "
-        f"vocab share | fp32 logits, batch {BATCH}×{TOKENS} | per GPU (/{GPUS}) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+def run(ctx: Context) -> list[Row]:
+    rows = []
     for name, (layers, dim) in SIZES.items():
         body = body_params(layers, dim)
         small, big = 2 * LLAMAGEN_VOCAB * dim, 2 * SEMHITOK_VOCAB * dim
-        print(
-            f"| {name} | {dim} | {body / 1e6:,.0f} M | {small / 1e6:,.0f} M | {big / 1e6:,.0f} M | "
-            f"{(body + big) / 1e6:,.0f} M | {big / (body + big):.0%} | {logits / 2**30:,.1f} GiB | "
-            f"{logits / GPUS / 2**30:,.1f} GiB |"
-        )
-    own = BATCH * TOKENS * LLAMAGEN_VOCAB * 4 / 2**30
-    print(f"\nLlamaGen's own 16,384-id vocabulary, same batch: {own:.1f} GiB of fp32 logits")
+        logits = BATCH * TOKENS * SEMHITOK_VOCAB * 4
+        metrics = {
+            "body_params_m": body / 1e6,
+            "vocab_params_m_llamagen": small / 1e6,
+            "vocab_params_m_semhitok": big / 1e6,
+            "total_params_m_semhitok": (body + big) / 1e6,
+            "vocab_share": big / (body + big),
+            "logits_gib": logits / GIB,
+            "logits_gib_per_gpu": logits / GPUS / GIB,
+            "logits_gib_llamagen": BATCH * TOKENS * LLAMAGEN_VOCAB * 4 / GIB,
+        }
+        params = {"layers": layers, "dim": dim, "batch": BATCH, "tokens": TOKENS, "gpus": GPUS}
+        rows.append(Row(NAME, name, params, {k: float(v) for k, v in metrics.items()}))
+    return rows
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["NAME", "SIZES", "body_params", "run"]

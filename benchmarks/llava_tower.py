@@ -1,55 +1,56 @@
-"""The SemHiTok LLaVA tower's forward cost per image, next to LLaVA's own CLIP-L/336 tower.
+"""The SemHiTok vision tower's forward cost per image, next to LLaVA's CLIP-L/336.
 
 Both towers are built by the real classes with random weights (the cost does not depend on the
-weights) and timed in one process, alternately, on the same device, dtype and images:
+weights) and timed in one process, alternately (``harness.alternate``), on the same device and
+dtype (fp32 on CPU; bf16 on CUDA, the dtype LLaVA casts the tower to when training with --bf16):
 
 * LLaVA's ``CLIPVisionTower`` (llava/model/multimodal_encoder/clip_encoder.py), loaded from a
   local folder holding a random model shaped like ``openai/clip-vit-large-patch14-336`` (24 x
-  1024, 577 tokens, features of layer -2 as LLaVA-v1.5 selects them);
-* ``SemHiTokVisionTower`` around a random tokenizer of each paper preset (teacher, semantic
-  codebook and decoder, pixel encoder and SGHC: everything the tower runs).
+  1024, 577 tokens, features of layer -2 as LLaVA-v1.5 selects them); in quick mode a 2 x 64
+  CLIP at 56 px, to check the plumbing only;
+* ``SemHiTokVisionTower`` around a random tokenizer of each preset (default: both paper presets;
+  teacher, semantic codebook and decoder, pixel encoder and SGHC: everything the tower runs).
 
-Reported per tower: milliseconds per image (median over rounds), images/s, time relative to
-CLIP-L/336, the visual tokens it hands the LLM per image and, on CUDA, the memory one forward
-needs beyond the resident weights. CPU runs use float32; CUDA runs use bfloat16, the dtype LLaVA
-casts the tower to when training with --bf16.
-
-    python benchmarks/llava_tower.py [--device cpu|cuda] [--batch 2] [--rounds 3]
+Per tower: milliseconds per image (median round), images/s, ``time_vs_clip``, the visual tokens
+it hands the LLM per image, and the memory one forward needs beyond the resident weights
+(``harness.peak_mib``). Batch: ``--batches`` (the largest; default 2).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
 import torch
-from quantizer import write_report  # sibling script: one machine record for all reports
 
-PRESETS = ("siglip-l16-256", "siglip-so400m14-384")
-CLIP = "clip-l14-336 (LLaVA)"
+from benchmarks.suite import PAPER_PRESETS, Context, Row
+from benchmarks.suite.harness import alternate, median, peak_mib
+
+NAME = "llava_tower"
+CLIP_SHAPES = {  # hidden, MLP width, layers, heads, image size (patch 14)
+    "clip-l14-336": (1024, 4096, 24, 16, 336),
+    "clip-tiny": (64, 128, 2, 4, 56),
+}
 
 
-def clip_tower(folder: Path):
-    """LLaVA's CLIP tower, loaded by LLaVA's code from a folder with a random CLIP-L/14-336."""
+def clip_tower(folder: Path, shape: str):
+    """LLaVA's CLIP tower, loaded by LLaVA's code from a folder with a random CLIP of ``shape``."""
     from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+    hidden, mlp, layers, heads, size = CLIP_SHAPES[shape]
     config = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=size,
         patch_size=14,
         projection_dim=768,
     )
     CLIPVisionModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size=336).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size).save_pretrained(folder)
     args = types.SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch")
     return CLIPVisionTower(str(folder), args=args)
 
@@ -63,74 +64,41 @@ def semhitok_tower(preset: str):
     return SemHiTokVisionTower(f"semhitok:{preset}", tokenizer=SemHiTok(config))
 
 
-def timed(tower, images: torch.Tensor, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    features = tower(images)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    assert features.shape[:2] == (images.shape[0], tower.num_patches)
-    return time.perf_counter() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=2, help="images per forward (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed forwards per tower")
-    parser.add_argument("--out", type=Path, help="JSON report (default: results/llava_tower_DEV)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    out = args.out or Path(__file__).parent / "results" / f"llava_tower_{device.type}.json"
-
+def run(ctx: Context) -> list[Row]:
+    batch = max(ctx.batches or (2,))
+    clip = "clip-tiny" if ctx.quick else "clip-l14-336"
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
-        towers = {CLIP: clip_tower(Path(folder))}
-    towers.update({f"semhitok {p}": semhitok_tower(p) for p in PRESETS})
-    inputs = {}
+        towers = {f"{clip} (LLaVA)": clip_tower(Path(folder), clip)}
+    towers |= {f"semhitok {p}": semhitok_tower(p) for p in ctx.presets_or(PAPER_PRESETS)}
+    ops = {}
     for name, tower in towers.items():
-        tower.to(device=device, dtype=dtype)
+        tower.to(device=ctx.device, dtype=ctx.dtype)
         size = tower.config.image_size
-        inputs[name] = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-        print(f"warming up {name} ...", file=sys.stderr, flush=True)
-        timed(tower, inputs[name], device)
-    seconds = {name: [] for name in towers}
-    peaks = {}
-    for _ in range(args.rounds):  # alternate the towers, so machine noise hits all alike
-        for name, tower in towers.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                resident = torch.cuda.memory_allocated()  # every tower's weights and inputs
-            seconds[name].append(timed(tower, inputs[name], device))
-            if device.type == "cuda":
-                peaks[name] = (torch.cuda.max_memory_allocated() - resident) / 2**20
-
-    clip_s = statistics.median(seconds[CLIP])
-    rows = {}
+        images = torch.rand(batch, 3, size, size, device=ctx.device) * 2 - 1
+        ops[name] = torch.no_grad()(lambda tower=tower, images=images: tower(images))
+        features = ops[name]()
+        assert features.shape[:2] == (batch, tower.num_patches), (name, features.shape)
+    times = alternate(ops, ctx.repeats, ctx.device)
+    peaks = {name: peak_mib(op, ctx.device) for name, op in ops.items()}
+    clip_s = median(times[f"{clip} (LLaVA)"])
+    rows = []
     for name, tower in towers.items():
-        median = statistics.median(seconds[name])
-        rows[name] = {
-            "ms_per_image": 1000 * median / args.batch,
-            "images_per_s": args.batch / median,
-            "time_vs_clip": median / clip_s,
-            "visual_tokens": tower.num_patches,
-            "feature_width": tower.hidden_size,
-            "image_size": tower.config.image_size,
+        seconds = median(times[name])
+        metrics = {
+            "ms_per_image": 1000 * seconds / batch,
+            "images_per_s": batch / seconds,
+            "time_vs_clip": seconds / clip_s,
+            "peak_mib": peaks[name],
+            "visual_tokens": float(tower.num_patches),
+            "feature_width": float(tower.hidden_size),
             "params_m": sum(p.numel() for p in tower.parameters()) / 1e6,
-            "seconds": seconds[name],
-            **({"forward_peak_cuda_mib": peaks[name]} if name in peaks else {}),
         }
-    print(f"{'tower':<32}{'ms/image':>10}{'images/s':>10}{'vs CLIP':>9}{'tokens':>8}")
-    for name, r in rows.items():
-        print(
-            f"{name:<32}{r['ms_per_image']:>10.1f}{r['images_per_s']:>10.2f}"
-            f"{r['time_vs_clip']:>8.2f}x{r['visual_tokens']:>8}"
-        )
-    parameters = {"device": device.type, "dtype": str(dtype), **vars(args), "out": str(out)}
-    write_report(out, device, parameters, towers=rows)
+        params = {"batch": batch, "image_size": tower.config.image_size, "seconds": times[name]}
+        params["dtype"] = str(ctx.dtype).removeprefix("torch.")
+        reference = None if name.startswith(clip) else f"{clip} (LLaVA)"
+        rows.append(Row(NAME, name, params, metrics, reference))
+    return rows
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["CLIP_SHAPES", "NAME", "run"]

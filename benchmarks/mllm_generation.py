@@ -3,7 +3,7 @@ with and without classifier-free guidance, side by side in one run.
 
 ``generate_image`` samples image ids only, so by default it multiplies the last hidden state by
 the head's K·m image rows instead of the whole head (``image_slice_head``). Random-weight models
-are built in memory and timed, alternately, per case:
+are built in memory and the four ways of sampling timed alternately (``harness.alternate``):
 
 * ``--lm tiny`` (default, CPU): a 2-layer × 64 LM, once with the tiny tokenizer and the ``tiny``
   SemHiTok (336 text + 256 image ids), once at the paper's vocabulary — Qwen2.5's 151,936-row
@@ -11,48 +11,55 @@ are built in memory and timed, alternately, per case:
 * ``--lm qwen2.5-0.5b`` / ``qwen2.5-7b`` (GPU): the Qwen2.5 shapes at the paper's vocabulary.
 
 The image tokenizer is the ``tiny`` preset resized to the grid asked for (``--grid``; 8 × 8 by
-default, 16 × 16 is the paper's 256 px), since only its codebooks matter here. Tokens/s counts
-image tokens delivered; CFG runs two streams per image. Sampling is top-k 100, seed fixed, no
-pixel decoding. CPU runs use float32, CUDA runs bfloat16.
-
-    PYTHONPATH=tests python benchmarks/mllm_generation.py [--lm tiny] [--images 1] [--rounds 3] \
-        [--device cpu]
-
-(from the repository root: the tiny text tokenizer is a test fixture, ``semhitok_fixtures``).
+default, 4 × 4 in quick mode, 16 × 16 is the paper's 256 px), since only its codebooks matter
+here. ``--batches`` (the largest; default 1) prompts are sampled together. Tokens/s counts image
+tokens delivered; CFG runs two streams per image. Sampling is top-k 100, seed fixed, no pixel
+decoding. The text tokenizer is the byte-level test fixture (``semhitok_fixtures``: run with
+``PYTHONPATH=tests``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
-from pathlib import Path
 
 import torch
-from quantizer import write_report  # sibling script: one machine record for all reports
 
-from semhitok_fixtures.tiny_qwen import tiny_tokenizer
-from semhitok_plugin import SemHiTok, get_preset
-from semhitok_qwen import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM, generate_image
-from semhitok_qwen.processor import SemHiTokQwenProcessor, add_image_markers
+from benchmarks.suite import Context, Row, Skip
+from benchmarks.suite.harness import Op, alternate, median
 
+NAME = "mllm_generation"
 QWEN_TEXT_ROWS = 151_936
 LM_SHAPES = {  # hidden, layers, heads, kv heads, MLP width (Qwen2.5 configs on the hub)
     "tiny": (64, 2, 4, 2, 128),
     "qwen2.5-0.5b": (896, 24, 14, 2, 4864),
     "qwen2.5-7b": (3584, 28, 28, 4, 18944),
 }
-CASES = {  # name: (image_slice_head, cfg_scale)
+WAYS = {  # name: (image_slice_head, cfg_scale)
     "full head": (False, 1.0),
     "image-slice head": (True, 1.0),
     "full head + CFG": (False, 4.0),
     "image-slice head + CFG": (True, 4.0),
 }
+TOP_K = 100
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--lm", choices=LM_SHAPES, default="tiny", help="LM shape (random weights)")
+    group.add_argument("--grid", type=int, help="image tokens per side (default 8; quick 4)")
 
 
 def build(lm: str, paper_vocab: bool, grid: int, device: torch.device, dtype: torch.dtype):
     """A random unified model and its processor, built directly on ``device``."""
+    from semhitok_plugin import SemHiTok, get_preset
+    from semhitok_qwen import SemHiTokQwen2Config, SemHiTokQwen2ForCausalLM
+    from semhitok_qwen.processor import SemHiTokQwenProcessor, add_image_markers
+
+    try:
+        from semhitok_fixtures.tiny_qwen import tiny_tokenizer
+    except ModuleNotFoundError as err:
+        raise Skip("the tiny text tokenizer is a test fixture: run with PYTHONPATH=tests") from err
+
     tok_config = get_preset("tiny")
     semantic, pixel = tok_config.semantic, tok_config.pixel
     if paper_vocab:
@@ -92,79 +99,62 @@ def build(lm: str, paper_vocab: bool, grid: int, device: torch.device, dtype: to
     return model, SemHiTokQwenProcessor(tokenizer, image_tokenizer, config)
 
 
-def timed(model, processor, prompts: list[str], slice_head: bool, cfg: float) -> float:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    generate_image(
-        model,
-        processor,
-        prompts,
-        cfg_scale=cfg,
-        top_k=100,
-        seed=0,
-        image_slice_head=slice_head,
-        decode=False,
-    )
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def sampling_ops(model, processor, prompts: list[str]) -> dict[str, Op]:
+    """One ``generate_image`` call per way of sampling (ids only, no pixel decoding)."""
+    from semhitok_qwen import generate_image
+
+    def op(slice_head: bool, cfg: float) -> Op:
+        @torch.no_grad()
+        def sample():
+            return generate_image(
+                model,
+                processor,
+                prompts,
+                cfg_scale=cfg,
+                top_k=TOP_K,
+                seed=0,
+                image_slice_head=slice_head,
+                decode=False,
+            )
+
+        return sample
+
+    return {way: op(slice_head, cfg) for way, (slice_head, cfg) in WAYS.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lm", choices=LM_SHAPES, default="tiny", help="LM shape (random)")
-    parser.add_argument("--grid", type=int, default=8, help="image tokens per side")
-    parser.add_argument("--images", type=int, default=1, help="prompts sampled together")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs per case")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, help="JSON (default: results/mllm_generation_DEV)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    out = args.out or Path(__file__).parent / f"results/mllm_generation_{device.type}.json"
-    torch.set_grad_enabled(False)
-    prompts = ["a photo of a cat"] * args.images
-    vocabs = (
-        {"tiny vocab": False, "paper vocab": True} if args.lm == "tiny" else {"paper vocab": True}
-    )
-    report_models = {}
-    for vocab_label, paper_vocab in vocabs.items():
-        label = f"{args.lm}, {vocab_label}"
-        model, processor = build(args.lm, paper_vocab, args.grid, device, dtype)
-        tokens = args.images * processor.num_image_tokens
-        for slice_head, cfg in CASES.values():  # warm-up
-            timed(model, processor, prompts, slice_head, cfg)
-        seconds = {name: [] for name in CASES}
-        for _ in range(args.rounds):  # alternate the cases, so machine noise hits all alike
-            for name, (slice_head, cfg) in CASES.items():
-                seconds[name].append(timed(model, processor, prompts, slice_head, cfg))
-        base = statistics.median(seconds["full head"])
-        rows = {
-            name: {
-                "tokens_per_s": tokens / statistics.median(values),
-                "speedup_vs_full_head": base / statistics.median(values),
-                "seconds": values,
-            }
-            for name, values in seconds.items()
-        }
-        report_models[label] = {
+def run(ctx: Context) -> list[Row]:
+    lm, grid = ctx.options["lm"], ctx.options["grid"] or (4 if ctx.quick else 8)
+    prompts = ["a photo of a cat"] * max(ctx.batches or (1,))
+    vocabs = {"tiny vocab": False, "paper vocab": True} if lm == "tiny" else {"paper vocab": True}
+    rows = []
+    for vocab, paper_vocab in vocabs.items():
+        model, processor = build(lm, paper_vocab, grid, ctx.device, ctx.dtype)
+        tokens = len(prompts) * processor.num_image_tokens
+        ops = sampling_ops(model, processor, prompts)
+        times = alternate(ops, ctx.repeats, ctx.device)
+        params = {
+            "lm": lm,
+            "vocab": vocab,
             "text_ids": model.config.text_vocab_size,
             "image_ids": model.image_vocab.size,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "cases": rows,
+            "image_tokens": tokens,
+            "prompts": len(prompts),
+            "grid": grid,
+            "top_k": TOP_K,
         }
-        print(
-            f"\n{label}: {model.config.text_vocab_size:,} text + {model.image_vocab.size:,} "
-            f"image ids, {tokens} image tokens per run"
-        )
-        print(f"{'case':<26}{'tokens/s':>10}{'vs full head':>14}")
-        for name, r in rows.items():
-            print(f"{name:<26}{r['tokens_per_s']:>10.1f}{r['speedup_vs_full_head']:>13.2f}x")
+        base = f"{lm}, {vocab}/full head"
+        for way, seconds in times.items():
+            metrics = {"tokens_per_s": tokens / median(seconds)}
+            if way != "full head":
+                metrics["speedup"] = median(times["full head"]) / median(seconds)
+            name = f"{lm}, {vocab}/{way}"
+            reference = None if name == base else base
+            rows.append(
+                Row(NAME, name, params | {"way": way, "seconds": seconds}, metrics, reference)
+            )
         del model, processor
-    parameters = {**vars(args), "dtype": str(dtype), "out": str(out), "top_k": 100}
-    write_report(out, device, parameters, models=report_models)
+    return rows
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["LM_SHAPES", "NAME", "WAYS", "add_arguments", "run"]

@@ -1,21 +1,19 @@
-"""The train, scaling, peers and data benchmark cases in quick mode (tiny preset, CPU).
+"""The benchmark cases at quick sizes (tiny preset, CPU), called in process.
 
 Timings on a shared CI machine are noisy, so the checks are on structure, on every ratio being
-consistent with the times it derives from, and only on comparisons whose margin is wide (a 16x
-larger matmul, VGG16 activations next to a 1-block ViT's, the SGHC lookup's m-only growth).
+consistent with the times it derives from, on counts made independently of the case, and only
+on comparisons whose margin is wide (a 16x larger matmul, VGG16 activations next to a 1-block
+ViT's, the SGHC lookup's m-only growth, a one-hot matrix the semantic search never builds).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
-
+from benchmarks import llamagen_adapter, llamagen_vocab_cost, llava_tower, quantizer
 from benchmarks.suite import Context, Row, peers, scaling, train
 from benchmarks.suite import data as data_case
 
@@ -32,13 +30,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def quick_ctx(**extra) -> Context:
+def quick_ctx(options: dict | None = None, **extra) -> Context:
     return Context(
         device=torch.device("cpu"),
         dtype=torch.float32,
         quick=True,
-        presets=("tiny",),
         repeats=2,
+        options=options or {},
         peak_flops=PEAK,
         extra=dict(extra),
     )
@@ -63,19 +61,71 @@ def assert_sane(rows: list[Row], case: str) -> None:
 
 @pytest.fixture(scope="module")
 def train_run():
+    """The train case at quick sizes, recording every ``Trainer.train_step`` call it makes."""
+    from semhitok_plugin.training import Trainer
+
+    calls, real = [], Trainer.train_step
+
+    def recorded(self, batches):
+        calls.append((variant_of(self.cfg), self.cfg.stage, self.step))
+        return real(self, batches)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "train_step", recorded)
+        ctx = quick_ctx()
+        rows = train.run(ctx)
+    return ctx, rows, calls
+
+
+def variant_of(cfg) -> str:
+    """Which variant a TrainConfig is, read off the config alone."""
+    if cfg.grad_checkpointing:
+        return "checkpointing"
+    if not cfg.optim.fused:
+        return "unfused"
+    if cfg.compile:
+        return "compile"
+    return "+lpips" if cfg.losses.perceptual_weight > 0 else "plain"
+
+
+def test_train_times_the_trainers_own_step(train_run):
+    _, rows, calls = train_run
+    for row in rows:
+        variant, stage = row.params["variant"], row.params["stage"]
+        if variant == train.FROZEN_INPUTS:
+            continue
+        steps = [step for v, s, step in calls if (v, s) == (variant, stage)]
+        # first (compile) step, warm-up, the timed rounds, the peak-memory step: each a real
+        # train_step of its own Trainer, whose step counter advances through them
+        assert steps == list(range(row.params["repeats"] + 3)), (row.name, steps)
+        assert row.params["skipped_steps"] == 0
+
+
+def test_train_variants_are_trainer_configs(tmp_path):
+    from semhitok_plugin.training import LossConfig, OptimConfig
+
     ctx = quick_ctx()
-    return ctx, train.run(ctx)
+    config = {v: train.trainer_config(ctx, tmp_path, "tiny", "pixel", v, 4) for v in train.VARIANTS}
+    # plain is the trainer's default step (fused AdamW, clipping, schedule) without LPIPS
+    assert config["plain"].optim == OptimConfig()
+    assert config["plain"].losses.perceptual_weight == 0
+    assert not config["plain"].compile and not config["plain"].grad_checkpointing
+    assert config["+lpips"].losses.perceptual_weight == LossConfig().perceptual_weight
+    assert {v: variant_of(c) for v, c in config.items()} == {v: v for v in train.VARIANTS}
+    assert config["plain"].init == str(tmp_path / "init")
+    semantic = train.trainer_config(ctx, tmp_path, "tiny", "semantic", "plain", 4)
+    assert semantic.init is None and semantic.model_overrides == {"teacher": {"weights": None}}
 
 
 def test_train_rows(train_run, tmp_path):
-    ctx, rows = train_run
+    ctx, rows, _ = train_run
     assert [p.name for p in train.plot(rows, tmp_path)] == ["train_steps.png"]
     assert_sane(rows, "train")
     rows = by_name(rows)
     expected = {
         f"tiny/{stage}/{variant}"
         for stage in train.STAGES
-        for variant in ("plain", "checkpointing", "foreach", "fused")
+        for variant in ("plain", "checkpointing", "unfused")
         + (("+lpips", train.FROZEN_INPUTS) if stage != "semantic" else ())
     }
     assert set(rows) == expected  # no compile in quick mode on CPU
@@ -118,17 +168,18 @@ def test_train_rows(train_run, tmp_path):
 
 
 def test_train_variants_filter_keeps_plain_as_the_reference():
-    from benchmarks.__main__ import make_context, parse_args
+    from benchmarks.runner import make_context, parse_args
 
-    ctx = make_context(parse_args(["--quick", "--device", "cpu", "--variants", "fused,+lpips"]))
-    assert [v.name for v in train.variants(ctx, "pixel")] == ["plain", "fused", "+lpips"]
-    assert [v.name for v in train.variants(ctx, "semantic")] == ["plain", "fused"]
+    args = parse_args(["train", "--quick", "--device", "cpu", "--variants", "unfused,+lpips"])
+    ctx = make_context(args)
+    assert [v for v in train.variants(ctx, "pixel")] == ["plain", "unfused", "+lpips"]
+    assert [v for v in train.variants(ctx, "semantic")] == ["plain", "unfused"]
 
 
 def test_train_step_flops_count_the_trained_parts_three_times():
     from benchmarks.suite.flops import tokenizer_flops
 
-    model = train.build_model("tiny", torch.device("cpu"))
+    model = train.build_model("tiny")
     parts = tokenizer_flops(model.config, model)
     frozen = parts["teacher"] + parts["semantic_proj"] + parts["semantic_search"]
     assert train.step_flops(model, "decoder") == (
@@ -178,8 +229,6 @@ def test_peers_rows():
     assert_sane(rows, "peers")
     rows = by_name(rows)
     pairs = {
-        "quantizer-eval/semantic_eval": "quantizer-eval/vq_lib_eval",
-        "quantizer-train/semantic_train": "quantizer-train/vq_lib_train",
         "vit-inference/token_transformer": "vit-inference/timm_vit",
         "vit-train/token_transformer": "vit-train/timm_vit",
         "teacher/tiny/frozen_teacher": "teacher/tiny/timm_forward_features",
@@ -192,9 +241,6 @@ def test_peers_rows():
         assert m["speedup"] == pytest.approx(1 / m["time_ratio"])
     vit = rows["vit-inference/token_transformer"].params
     assert vit["tokens"] == 64 and vit["width"] == 64 and vit["depth"] == 2
-    # The library materialises token x K one-hot / distance matrices that our chunked search
-    # never builds: at 512 tokens x 16384 codes that is a 4x wider margin than noise.
-    assert rows["quantizer-eval/semantic_eval"].metrics["memory_ratio"] > 2
     teacher = rows["teacher/tiny/frozen_teacher"]
     assert teacher.metrics["max_abs_diff"] <= 1e-5  # same weights, same input: same features
     assert teacher.metrics["overhead"] == pytest.approx(teacher.metrics["time_ratio"] - 1)
@@ -221,3 +267,126 @@ def test_data_rows():
     known = {"images_per_s": 100.0, "images_per_s_lpips": 10.0, "batch": 4}
     rate = data_case.step_rate(quick_ctx(train={"tiny": {"pixel": known}}), "tiny")
     assert rate == {**known, "source": "train case"}
+
+
+def assert_pairs(rows: dict[str, Row], pairs: dict[str, str], unit: str, count: int) -> None:
+    """Each of ours references its peer, with ratios and rates consistent with the times."""
+    for ours, peer in pairs.items():
+        m, p = rows[ours].metrics, rows[peer].metrics
+        assert rows[ours].reference == peer and rows[peer].reference is None
+        assert m["speedup"] == pytest.approx(p["ms"] / m["ms"])
+        assert m["time_ratio"] == pytest.approx(1 / m["speedup"])
+        for r in (m, p):
+            assert r[f"{unit}_per_s"] == pytest.approx(count / r["ms"] * 1e3)
+
+
+def test_quantizer_rows():
+    rows = quantizer.run(quick_ctx({"tokens": 256}))
+    assert_sane(rows, "quantizer")
+    rows = by_name(rows)
+    pairs = {
+        "pixel b2/sghc": "pixel b2/flat_masked",
+        "semantic-eval b2/semantic_eval": "semantic-eval b2/vq_lib_eval",
+        "semantic-train b2/semantic_train": "semantic-train b2/vq_lib_train",
+    }
+    assert set(rows) == set(pairs) | set(pairs.values())
+    assert_pairs(rows, pairs, "tokens", 512)
+    for ours, peer in pairs.items():
+        m = rows[ours].metrics
+        assert m["memory_ratio"] == pytest.approx(rows[peer].metrics["peak_mib"] / m["peak_mib"])
+    # The flat search materialises the 512 x 196,608 fp32 score matrix (384 MiB) that SGHC,
+    # comparing m = 12 candidates per token, never builds.
+    scores_mib = 512 * quantizer.SEM_K * quantizer.PIX_M * 4 / 2**20
+    assert rows["pixel b2/flat_masked"].metrics["peak_mib"] > 0.9 * scores_mib
+    assert rows["pixel b2/sghc"].metrics["peak_mib"] < 0.1 * scores_mib
+    # The library materialises token x K one-hot / distance matrices that our chunked search
+    # never builds: at 512 tokens x 16384 codes that is a 4x wider margin than noise.
+    assert rows["semantic-eval b2/semantic_eval"].metrics["memory_ratio"] > 2
+
+
+def test_llamagen_adapter_rows():
+    rows = llamagen_adapter.run(quick_ctx())
+    assert_sane(rows, "llamagen_adapter")
+    rows = by_name(rows)
+    pairs = {f"tiny {op} b8/adapter": f"tiny {op} b8/core" for op in ("encode", "decode_code")}
+    assert set(rows) == set(pairs) | set(pairs.values())
+    assert_pairs(rows, pairs, "images", 8)
+    for name in pairs:
+        row = rows[name]
+        assert row.metrics["overhead"] == pytest.approx(row.metrics["time_ratio"] - 1)
+        assert row.params["target_met"] == (row.metrics["overhead"] < llamagen_adapter.BUDGET)
+        assert row.params["calls_per_round"] >= 1
+
+
+def test_llamagen_adapter_refuses_to_time_paths_that_disagree(monkeypatch):
+    from semhitok_llamagen.vq_model import SemHiTokVQModel
+
+    real = SemHiTokVQModel.decode_code
+    monkeypatch.setattr(SemHiTokVQModel, "decode_code", lambda *a, **k: real(*a, **k) + 1e-3)
+    with pytest.raises(AssertionError):
+        llamagen_adapter.run(quick_ctx())
+
+
+def test_llamagen_vocab_cost_reproduces_llamagen_parameter_counts():
+    rows = llamagen_vocab_cost.run(quick_ctx())
+    assert_sane(rows, "llamagen_vocab_cost")
+    rows = by_name(rows)
+    # LlamaGen's own totals at its 16,384-id vocabulary (its README's model table)
+    published = {"GPT-B": 111, "GPT-L": 343, "GPT-XL": 775, "GPT-XXL": 1400, "GPT-3B": 3100}
+    assert set(rows) == set(published)
+    for name, millions in published.items():
+        m = rows[name].metrics
+        assert m["body_params_m"] + m["vocab_params_m_llamagen"] == pytest.approx(
+            millions, rel=0.01
+        )
+        assert m["vocab_params_m_semhitok"] == pytest.approx(12 * m["vocab_params_m_llamagen"])
+        total = m["total_params_m_semhitok"]
+        assert m["vocab_share"] == pytest.approx(m["vocab_params_m_semhitok"] / total)
+        assert m["logits_gib"] == 256 * 256 * 196_608 * 4 / 2**30  # fp32, every position
+
+
+def test_llava_tower_rows():
+    rows = llava_tower.run(quick_ctx())
+    assert_sane(rows, "llava_tower")
+    rows = by_name(rows)
+    clip, ours = rows["clip-tiny (LLaVA)"], rows["semhitok tiny"]
+    assert ours.reference == clip.name and clip.reference is None
+    ratio = ours.metrics["ms_per_image"] / clip.metrics["ms_per_image"]
+    assert ours.metrics["time_vs_clip"] == pytest.approx(ratio)
+    # the tokens each tower hands the LLM: (56 / 14)^2 patches; tiny's 8 x 8 token grid
+    assert clip.metrics["visual_tokens"] == 16 and ours.metrics["visual_tokens"] == 64
+
+
+def test_encode_memory_case(tmp_path):
+    from benchmarks import encode_memory
+
+    rows = encode_memory.run(quick_ctx({"images": 40, "warmup": 0.2}))
+    assert [r.name for r in rows] == ["tiny b16 40 images"]
+    params = rows[0].params
+    assert params["written"] == 40 and params["dtype"] == "int32"  # every image's ids written
+    assert params["device"] == "cpu" and params["series"]["rows"]
+    assert rows[0].metrics["peak_mib"] > 0
+    assert [p.name for p in encode_memory.plot(rows, tmp_path)] == ["encode_memory_rss.png"]
+
+
+def test_mllm_generation_rows():
+    from benchmarks import mllm_generation
+
+    rows = mllm_generation.run(quick_ctx({"lm": "tiny", "grid": 2}))
+    assert_sane(rows, "mllm_generation")
+    rows = by_name(rows)
+    assert set(rows) == {
+        f"tiny, {vocab}/{way}"
+        for vocab in ("tiny vocab", "paper vocab")
+        for way in mllm_generation.WAYS
+    }
+    paper = rows["tiny, paper vocab/full head"]
+    assert paper.params["text_ids"] == 151_936 and paper.params["image_ids"] == 16_384 * 12
+    for name, row in rows.items():
+        assert row.params["image_tokens"] == 4  # a 2 x 2 grid, one prompt
+        base = rows[name.split("/")[0] + "/full head"]
+        if row is not base:
+            assert row.reference == base.name
+            assert row.metrics["speedup"] == pytest.approx(
+                row.metrics["tokens_per_s"] / base.metrics["tokens_per_s"]
+            )

@@ -1,5 +1,6 @@
-"""The benchmark suite: analytic FLOP counts against torch's FLOP counter, and the runner's
-quick path end to end (table, JSON, plots)."""
+"""The benchmark runner and its FLOP counts: analytic counts against torch's FLOP counter, the
+command line, how skipped and failed cases are reported, and the quick path end to end (table,
+JSON, plots)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import runner
+from benchmarks.suite import Skip
+from benchmarks.suite.flops import tokenizer_flops
 from semhitok_plugin import SemHiTok, get_preset
 from semhitok_plugin.config import (
     PixelConfig,
@@ -26,11 +31,23 @@ from semhitok_plugin.config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` is a folder of the clone, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.suite import Context  # noqa: E402
-from benchmarks.suite.flops import tokenizer_flops  # noqa: E402
+REPORT_KEYS = {
+    "date",
+    "machine",
+    "parameters",
+    "limit_gflop_per_s",
+    "rows",
+    "skipped",
+    "failed",
+    "case_seconds",
+    "plots",
+    "plots_skipped",
+    "wall_s",
+}
+# One thread: when another process shares the cores, torch's worker threads wait on each other
+# and sub-millisecond ops run 10-100x slower in some rounds only, which no timing assertion
+# survives; one thread just runs slower, evenly.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def counted(fn) -> int:
@@ -132,34 +149,117 @@ def test_flops_match_torch_counter_at_paper_presets(preset):
     assert ours["sghc"] == 2 * tokens * cfg.pixel.sub_codebook_size * cfg.pixel.code_dim
 
 
-def test_missing_case_module_is_skipped():
-    from benchmarks.__main__ import run_cases
+def test_help_lists_every_case_and_its_options():
+    parser, owner = runner.build_parser()
+    text = parser.format_help()
+    for name in runner.CASES:
+        assert f"\n  {name}: " in text, name
+    for option in ("--stages", "--variants", "--tokens", "--images", "--lm", "--grid", "--steps"):
+        assert option in text
+    # every case-specific option belongs to a case, and a group is titled by it
+    assert set(owner.values()) <= set(runner.CASES)
+    assert owner["tokens"] == "quantizer" and owner["stages"] == "train"
+    assert "train options" in text
 
-    ctx = Context(torch.device("cpu"), torch.float32, True, ("tiny",), 1)
-    result = run_cases(ctx, ["no_such_case"])
-    assert "no module benchmarks.suite.no_such_case" in result["skipped"]["no_such_case"]
-    assert not result["failed"]
-    assert [r.case for r in result["rows"]] == ["limit"]  # limit always runs
-    assert ctx.peak_flops > 0
+
+def test_command_line(capsys):
+    args = runner.parse_args(["quantizer", "--device", "cpu"])
+    assert args.cases == ["quantizer"] and args.options == {"tokens": 256}
+    assert args.out == Path("benchmarks/results/quantizer_cpu.json")
+    args = runner.parse_args(["tokenize,train", "--quick", "--results", "x", "--device", "cpu"])
+    assert args.cases == ["tokenize", "train"] and args.repeats == 2
+    assert args.out == Path("x/bench_cpu_quick.json") and args.plots == Path("x/plots")
+    assert runner.parse_args(["--device", "cpu"]).cases == list(runner.SUITE)
+    # an option of a case that is not run is refused, not silently ignored
+    with pytest.raises(SystemExit):
+        runner.parse_args(["tokenize", "--tokens", "64"])
+    assert "--tokens is an option of quantizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        runner.parse_args(["no_such_case"])
+    assert "unknown cases ['no_such_case']" in capsys.readouterr().err
+
+
+def fake_case(name: str, run, uses_limit: bool = False) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.NAME, module.run, module.USES_LIMIT = name, run, uses_limit
+    return module
+
+
+def raises(err: BaseException):
+    def run(ctx):
+        raise err
+
+    return run
+
+
+@pytest.fixture
+def fake_cases(monkeypatch):
+    """Cases that skip, fail and succeed, registered like the real ones."""
+    from benchmarks.suite import Row
+
+    def ok(ctx):
+        return [Row("ok", "row", {"peak_seen": ctx.peak_flops}, {"images_per_s": 2.0}, None)]
+
+    cases = {
+        "needs_pkg": fake_case("needs_pkg", raises(ModuleNotFoundError(name="absent_pkg"))),
+        "skips": fake_case("skips", raises(Skip("no GPU here"))),
+        "broken": fake_case("broken", raises(ValueError("boom"))),
+        # a missing module of our own is a bug: reported as failed, not skipped
+        "own_import": fake_case(
+            "own_import", raises(ModuleNotFoundError(name="semhitok_plugin.gone"))
+        ),
+        "ok": fake_case("ok", ok, uses_limit=True),
+    }
+    for name, module in cases.items():
+        monkeypatch.setitem(sys.modules, f"fake_cases.{name}", module)
+        monkeypatch.setitem(runner.CASES, name, f"fake_cases.{name}")
+    return cases
+
+
+def test_skipped_and_failed_cases_are_reported(fake_cases, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    argv = [*fake_cases, "--device", "cpu", "--quick", "--out", str(out), "--no-plots"]
+    assert runner.main(argv) == 1  # a failed case fails the run ...
+    report = json.loads(out.read_text())
+    assert set(report) == REPORT_KEYS
+    assert report["skipped"] == {
+        "needs_pkg": "needs the absent_pkg package, which is not installed",
+        "skips": "no GPU here",
+    }
+    assert set(report["failed"]) == {"broken", "own_import"}
+    assert "ValueError: boom" in report["failed"]["broken"]
+    # ... but the others still ran: limit first, since "ok" divides by the matmul limit
+    assert [r["case"] for r in report["rows"]] == ["limit", "ok"]
+    assert next(iter(report["case_seconds"])) == "limit"
+    row = report["rows"][1]
+    assert row == {
+        "case": "ok",
+        "name": "row",
+        "params": {"peak_seen": report["limit_gflop_per_s"] * 1e9},
+        "metrics": {"images_per_s": 2.0},
+        "reference": None,
+    }
+    assert report["parameters"]["cases"] == list(fake_cases)
+    assert report["plots"] == [] and report["plots_skipped"] == "--no-plots"
+    stdout = capsys.readouterr().out
+    assert "skipped skips: no GPU here" in stdout and "FAILED broken" in stdout
 
 
 def test_runner_quick_end_to_end(tmp_path):
     out, plots = tmp_path / "bench.json", tmp_path / "plots"
-    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--cases", "limit,tokenize"]
+    cmd = [sys.executable, "-m", "benchmarks", "tokenize", "--quick", "--device", "cpu"]
     cmd += ["--repeats", "3", "--out", str(out), "--plots", str(plots)]
-    # One thread: when another process shares the cores, torch's worker threads wait on each
-    # other and sub-millisecond ops run 10-100x slower in some rounds only, which no
-    # timing assertion survives; one thread just runs slower, evenly.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert elapsed < 60, f"quick run took {elapsed:.0f} s"
 
     report = json.loads(out.read_text())
+    assert set(report) == REPORT_KEYS
     assert report["machine"]["cpu_count"] and report["failed"] == {}
     rows = report["rows"]
+    assert rows[0]["case"] == "limit"  # run first: tokenize divides by its rate
     limit = [r for r in rows if r["case"] == "limit"]
     assert limit and report["limit_gflop_per_s"] == max(r["metrics"]["gflop_per_s"] for r in limit)
     tok = {r["name"]: r for r in rows if r["case"] == "tokenize"}
@@ -202,3 +302,53 @@ def test_runner_quick_end_to_end(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = matplotlib.image.imread(plots / name)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100
+
+
+GPU_CASES = ("tokenize", "train", "llava_tower", "mllm_generation")
+
+
+def gpu_script(*args: str, python: str) -> subprocess.CompletedProcess:
+    env = {**ENV, "PYTHON": python}  # PYTHON set: no install step
+    cmd = ["bash", "benchmarks/gpu.sh", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_script_commands(tmp_path):
+    """The runner calls gpu.sh makes on a GPU (echoed, not run), read by the runner's parser."""
+    proc = gpu_script(str(tmp_path), python="echo")
+    assert proc.returncode == 0, proc.stderr
+    calls = {}
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        assert words[:2] == ["-m", "benchmarks"] and "--device cuda" in line, line
+        # the runner takes it (one known case, only its own options); this machine has no GPU
+        args = runner.parse_args([w.replace("cuda", "cpu") for w in words[2:]])
+        (case,) = args.cases
+        calls[case] = args
+    assert tuple(calls) == GPU_CASES
+    for args in calls.values():
+        assert args.results == tmp_path and args.no_plots and not args.quick
+    tokenize, train, tower, mllm = calls.values()
+    assert tokenize.presets == ["siglip-l16-256", "siglip-so400m14-384"]
+    assert max(tokenize.batches) == 128
+    assert train.presets == ["siglip-l16-256"] and train.stages == ("pixel",)
+    assert train.variants == ("compile",)  # plain is always measured next to it
+    assert tower.presets == tokenize.presets
+    assert (mllm.lm, mllm.grid) == ("qwen2.5-7b", 16)
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run(tmp_path):
+    """gpu.sh --dry-run: the same runner calls on the CPU at tiny sizes (about 25 s)."""
+    proc = gpu_script("--dry-run", str(tmp_path), python=sys.executable)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(reports) == {f"{case}_cpu_quick.json" for case in GPU_CASES}
+    for name, report in reports.items():
+        assert set(report) == REPORT_KEYS
+        assert report["failed"] == {} and report["skipped"] == {}, name
+        case = name.removesuffix("_cpu_quick.json")
+        assert report["parameters"]["cases"] == [case]
+        assert [r for r in report["rows"] if r["case"] == case], name
+    train = [r for r in reports["train_cpu_quick.json"]["rows"] if r["case"] == "train"]
+    assert {r["params"]["stage"] for r in train} == {"pixel"}

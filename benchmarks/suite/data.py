@@ -1,4 +1,4 @@
-"""Data: decode + augment images/s of one data-loading worker vs what a training step consumes.
+"""Decode + augment images/s of one data-loading worker vs what a training step consumes.
 
 The photos are real (scikit-image's bundled samples, ``semhitok_plugin.samples``), written once
 as JPEG (quality 90) to a temporary folder, as a training folder would hold them. Per preset (its
@@ -25,10 +25,8 @@ import itertools
 import tempfile
 from pathlib import Path
 
-import torch
-
-from . import Context, Row
-from ._harness import alternate, median
+from . import PRESETS, Context, Row
+from .harness import alternate, median
 
 NAME = "data"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
@@ -52,16 +50,9 @@ def step_rate(ctx: Context, preset: str) -> dict[str, float]:
         return dict(known, source="train case")
     from . import train
 
-    model = train.build_model(preset, ctx.device)
-    batch = train.batch_size(ctx)
-    size = model.config.image_size
-    images = torch.rand(batch, 3, size, size, device=ctx.device) * 2 - 1
-    params = model.freeze_for("pixel")
-    step = train.TrainStep(
-        model, model, params, "pixel", images, train.Variant("plain", {}), None, ctx
-    )
-    times = alternate({"plain": step}, 2 if ctx.quick else ctx.repeats, ctx.device)["plain"]
-    return {"images_per_s": batch / median(times), "batch": batch, "source": "measured here"}
+    with train.workspace(preset) as work:
+        train.measure_stage(ctx, work, preset, "pixel", ["plain"], 2 if ctx.quick else ctx.repeats)
+    return dict(ctx.extra["train"][preset]["pixel"], source="measured here")
 
 
 def run(ctx: Context) -> list[Row]:
@@ -76,7 +67,7 @@ def run(ctx: Context) -> list[Row]:
         paths = write_jpegs(Path(tmp))
         sizes = [_image_size(p) for p in paths]
         megapixels = sum(w * h for w, h in sizes) / len(sizes) / 1e6
-        for preset in ctx.presets:
+        for preset in ctx.presets_or(PRESETS):
             size = get_preset(preset).image_size
             files = itertools.cycle(paths)
             streams = {

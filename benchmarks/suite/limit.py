@@ -15,13 +15,9 @@ from collections.abc import Callable
 import torch
 
 from . import Context, Row
+from .harness import sync
 
 NAME = "limit"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_flops(
@@ -32,13 +28,13 @@ def matmul_flops(
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up (allocation, library initialisation, clocks)
-    _sync(device)
+    sync(device)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(inner):
             torch.mm(a, b, out=out)
-        _sync(device)
+        sync(device)
         rates.append(inner * 2 * n**3 / (time.perf_counter() - start))
     return rates
 

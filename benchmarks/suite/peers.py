@@ -1,106 +1,32 @@
-"""Peers: our building blocks against the libraries a user would otherwise call.
+"""Our tokenizer building blocks against the libraries a user would otherwise call.
 
-(a) **Semantic quantiser vs ``vector-quantize-pytorch``**: ``benchmarks/quantizer.py``'s own
-    case builders (``SemanticCodebook`` K=16384, d=48, cosine EMA vs ``VectorQuantize``
-    configured the same way), inference and EMA training step, on images x 256 tokens.
-(b) **Our ViT vs timm's**: ``PixelEncoder`` (patchify + ``TokenTransformer``, whose blocks are
+(a) **Our ViT vs timm's**: ``PixelEncoder`` (patchify + ``TokenTransformer``, whose blocks are
     timm ``Block`` s) against a timm ``VisionTransformer`` of the same width, depth, heads, MLP
     ratio and patch size (no class token) running ``forward_features`` on the same images, so
     both run the same number of tokens; inference and forward + backward.
-(c) **Teacher wrapper vs timm**: ``FrozenTeacher`` of each preset against
+(b) **Teacher wrapper vs timm**: ``FrozenTeacher`` of each preset against
     ``timm.create_model(model_name, pretrained=False, img_size=canvas, **model_kwargs)``
     ``.forward_features`` with the same weights on the same input (the presets' normalisation is
     the identity on [-1, 1], so the outputs must match: ``max_abs_diff``). The issue's target:
     overhead < 3 % (``overhead`` = wrapper time / timm time - 1).
 
-Each pair is timed side by side (alternating rounds, median); ``time_ratio`` = ours / peer (below
-1: ours is faster), ``speedup`` = peer / ours.
+Each pair is timed side by side (``harness.pair_rows``: alternating rounds, median);
+``time_ratio`` = ours / peer (below 1: ours is faster), ``speedup`` = peer / ours. The quantisers
+against ``vector-quantize-pytorch`` are the ``quantizer`` case.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-
 import torch
 
-from . import Context, Row
-from ._harness import alternate, median, peak_mib
+from . import PRESETS, Context, Row
+from .harness import autocast, pair_rows
 
 NAME = "peers"
 OVERHEAD_TARGET = 0.03
 
 
-def _autocast(ctx: Context):
-    if ctx.device.type == "cuda" and ctx.dtype == torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _pair_rows(
-    ctx: Context,
-    group: str,
-    ours: tuple[str, callable],
-    peer: tuple[str, callable],
-    repeats: int,
-    params: dict,
-    per_call: tuple[str, int] | None = None,
-    memory: bool = True,
-) -> list[Row]:
-    """Time ``ours`` and ``peer`` alternately; one row each, ours referencing the peer."""
-    ops = {ours[0]: ours[1], peer[0]: peer[1]}
-    times = {name: median(t) for name, t in alternate(ops, repeats, ctx.device).items()}
-    peaks = {name: peak_mib(op, ctx.device) for name, op in ops.items()} if memory else {}
-    rows = []
-    for name in ops:
-        t = times[name]
-        metrics = {"ms": t * 1e3}
-        if per_call:
-            metrics[f"{per_call[0]}_per_s"] = per_call[1] / t
-        if memory:
-            metrics["peak_mib"] = peaks[name]
-        if name == ours[0]:
-            metrics["time_ratio"] = t / times[peer[0]]
-            metrics["speedup"] = times[peer[0]] / t
-            if memory and peaks[peer[0]] > 0:
-                metrics["memory_ratio"] = peaks[peer[0]] / max(peaks[name], 1 / 1024)
-        rows.append(
-            Row(
-                case=NAME,
-                name=f"{group}/{name}",
-                params={**params, "side": "ours" if name == ours[0] else "peer"},
-                metrics=metrics,
-                reference=f"{group}/{peer[0]}" if name == ours[0] else None,
-            )
-        )
-    return rows
-
-
-# -- (a) semantic quantiser vs vector-quantize-pytorch --------------------------------------------
-def quantizer_rows(ctx: Context, repeats: int) -> list[Row]:
-    from benchmarks.quantizer import CASES, SEM_D, SEM_K
-
-    images = 2 if ctx.quick else 64
-    args = argparse.Namespace(images=images, tokens=256, seed=0, repeats=repeats)
-    rows = []
-    for mode in ("eval", "train"):
-        ours, peer = f"semantic_{mode}", f"vq_lib_{mode}"
-        with torch.device(ctx.device):
-            ours_op, _ = CASES[ours].build(args)
-            peer_op, _ = CASES[peer].build(args)
-        rows += _pair_rows(
-            ctx,
-            f"quantizer-{mode}",
-            (ours, ours_op),
-            (peer, peer_op),
-            repeats,
-            {"K": SEM_K, "d": SEM_D, "tokens": images * 256, "mode": mode},
-            per_call=("tokens", images * 256),
-        )
-    return rows
-
-
-# -- (b) TokenTransformer vs timm VisionTransformer ------------------------------------------------
+# -- (a) TokenTransformer vs timm VisionTransformer ------------------------------------------------
 def vit_rows(ctx: Context, repeats: int) -> list[Row]:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -143,15 +69,16 @@ def vit_rows(ctx: Context, repeats: int) -> list[Row]:
 
         def run(fn, mode=mode):
             if mode == "inference":
-                with torch.no_grad(), _autocast(ctx):
+                with torch.no_grad(), autocast(ctx):
                     fn(images)
             else:
-                with _autocast(ctx):
+                with autocast(ctx):
                     out = fn(images)
                 out.float().square().mean().backward()
 
-        rows += _pair_rows(
+        rows += pair_rows(
             ctx,
+            NAME,
             f"vit-{mode}",
             ("token_transformer", lambda run=run: run(ours)),
             ("timm_vit", lambda run=run: run(timm_vit.forward_features)),
@@ -164,7 +91,7 @@ def vit_rows(ctx: Context, repeats: int) -> list[Row]:
     return rows
 
 
-# -- (c) FrozenTeacher vs timm directly -----------------------------------------------------------
+# -- (b) FrozenTeacher vs timm directly -----------------------------------------------------------
 def teacher_rows(ctx: Context, repeats: int) -> list[Row]:
     import timm
 
@@ -172,7 +99,7 @@ def teacher_rows(ctx: Context, repeats: int) -> list[Row]:
     from semhitok_plugin.teacher import FrozenTeacher
 
     rows = []
-    for preset in ctx.presets:
+    for preset in ctx.presets_or(PRESETS):
         config = get_preset(preset)
         cfg = config.teacher
         if cfg.backend != "timm":
@@ -189,12 +116,13 @@ def teacher_rows(ctx: Context, repeats: int) -> list[Row]:
         images = torch.rand(batch, 3, size, size, device=ctx.device) * 2 - 1
 
         def call(fn, images=images):
-            with torch.no_grad(), _autocast(ctx):
+            with torch.no_grad(), autocast(ctx):
                 return fn(images)
 
         diff = (call(wrapper).float() - call(direct.forward_features).float()).abs().max().item()
-        pair = _pair_rows(
+        pair = pair_rows(
             ctx,
+            NAME,
             f"teacher/{preset}",
             ("frozen_teacher", lambda call=call, fn=wrapper: call(fn)),
             ("timm_forward_features", lambda call=call, fn=direct.forward_features: call(fn)),
@@ -214,11 +142,7 @@ def teacher_rows(ctx: Context, repeats: int) -> list[Row]:
 
 def run(ctx: Context) -> list[Row]:
     short = max(ctx.repeats, 10) if ctx.quick else ctx.repeats  # ms-short calls in quick mode
-    return (
-        quantizer_rows(ctx, 3 if ctx.quick else ctx.repeats)
-        + vit_rows(ctx, short)
-        + teacher_rows(ctx, short)
-    )
+    return vit_rows(ctx, short) + teacher_rows(ctx, short)
 
 
 __all__ = ["NAME", "OVERHEAD_TARGET", "run"]

@@ -1,4 +1,4 @@
-"""Scaling: how cost grows with K, m, resolution and batch.
+"""How cost grows with K, m, resolution and batch.
 
 Three series, each timed side by side (alternating rounds, median):
 
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from . import Context, Row
-from ._harness import alternate, median, peak_mib, save_figure
+from .harness import alternate, median, peak_mib, save_figure
 
 NAME = "scaling"
+USES_LIMIT = True
 PIX_DIM, SEM_DIM = 8, 48
 K_SERIES = (1024, 4096, 16384)
 M_SERIES = (4, 8, 12, 16)

@@ -1,10 +1,10 @@
-"""Tokenize: ``encode`` and ``decode`` images/s, peak memory, achieved FLOP/s, and where the time
+"""``encode`` and ``decode`` images/s, peak memory, achieved FLOP/s, and where the time
 goes, per preset and batch size.
 
 Each preset is built with random weights (``teacher.weights = None``: same cost, no download).
 For every batch size, one set of random images in [-1, 1] is encoded once to get the ids and the
 intermediate tensors, then these ops run alternately (one warm-up call each, ``ctx.repeats`` timed
-rounds, medians; ``_harness.alternate``):
+rounds, medians; ``harness.alternate``):
 
 * ``encode`` (images -> ids) and ``decode`` (ids -> images), the public API;
 * their parts, each alone on the same inputs as inside ``encode``: the ``teacher`` (images ->
@@ -23,23 +23,23 @@ measured side by side: a short matmul (:func:`.limit.probe`) runs twice in every
 rounds (``limit_gflop_per_s``); ``fraction_of_run_limit`` divides by ``ctx.peak_flops``, the
 ``limit`` case's figure from the start of the run. On a machine shared with other work the two
 differ; the side-by-side one is the fair ratio. Peak memory is what one call needs beyond
-the resident weights and inputs (``_harness.peak_mib``: one extra call of each, after the timing).
+the resident weights and inputs (``harness.peak_mib``: one extra call of each, after the timing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 import torch
 
-from . import Context, Row
-from ._harness import alternate, median, peak_mib
+from . import PRESETS, Context, Row
 from .flops import tokenizer_flops
+from .harness import alternate, autocast, inference, median, peak_mib, save_figure
 from .limit import probe
 
 NAME = "tokenize"
+USES_LIMIT = True
 
 ENCODE_PARTS = ("teacher", "semantic_quantizer", "pixel_encoder", "sghc")
 DECODE_PARTS = ("pixel_decoder",)
@@ -55,16 +55,9 @@ FLOPS_OF = {  # analytic FLOP parts (flops.tokenizer_flops keys) inside each tim
 }
 
 
-def autocast(ctx: Context) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the run's dtype asks for it (CUDA); fp32 runs as is."""
-    if ctx.dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(ctx.device.type, dtype=ctx.dtype)
-
-
-def batch_sizes(ctx: Context, preset: str) -> tuple[int, ...]:
-    if "batches" in ctx.extra:
-        return tuple(ctx.extra["batches"])
+def batch_sizes(ctx: Context) -> tuple[int, ...]:
+    if ctx.batches:
+        return ctx.batches
     if ctx.quick:
         return (1, 8)
     if ctx.device.type == "cuda":
@@ -91,15 +84,8 @@ def ops_for(model, images: torch.Tensor, ctx: Context) -> dict:
         pix = model.pixel_quantizer(pix_z, sem.ids)
         flat_ids = model.encode(images).flat_ids
 
-    def under_autocast(fn):
-        def op():
-            with torch.no_grad(), autocast(ctx):
-                return fn()
-
-        return op
-
     return {
-        name: under_autocast(fn)
+        name: inference(ctx, fn)
         for name, fn in {
             "encode": lambda: model.encode(images),
             "decode": lambda: model.decode(flat_ids),
@@ -115,12 +101,12 @@ def ops_for(model, images: torch.Tensor, ctx: Context) -> dict:
 def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     dtype = str(ctx.dtype).removeprefix("torch.")
-    for preset in ctx.presets:
+    for preset in ctx.presets_or(PRESETS):
         matmul, matmul_flops = probe(ctx)
         config, model = build(preset, ctx.device)
         flops = tokenizer_flops(config, model)
         size, tokens = config.image_size, config.grid_size[0] * config.grid_size[1]
-        for batch in batch_sizes(ctx, preset):
+        for batch in batch_sizes(ctx):
             print(f"tokenize {preset} batch {batch}", file=sys.stderr, flush=True)
             gen = torch.Generator().manual_seed(batch)
             images = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(ctx.device)
@@ -231,7 +217,7 @@ def plot(rows: list[Row], directory: Path) -> list[Path]:
     ax.set_title("Tokenizer throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    written.append(_save(fig, directory / "tokenize_throughput.png"))
+    written.append(save_figure(fig, directory / "tokenize_throughput.png"))
 
     # Shares at each preset's largest batch.
     bars = []
@@ -256,14 +242,5 @@ def plot(rows: list[Row], directory: Path) -> list[Path]:
     ax.set(ylabel="share of the op's time")
     ax.set_title("Where encode and decode time goes", pad=16)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
-    written.append(_save(fig, directory / "tokenize_shares.png"))
+    written.append(save_figure(fig, directory / "tokenize_shares.png"))
     return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
