@@ -26,7 +26,7 @@ from .checkpoint import CheckpointWriteError
 from .config import ConfigError
 from .hub import WeightsNotFoundError, resolve_file
 from .ids import TokenIdError
-from .images import ImageReadError, center_crop, load_image, to_pil, to_tensor
+from .images import SkippedImages, center_crop, load_image, to_pil, to_tensor
 from .model import CheckpointMismatchError, SemHiTok, load_model, resolve_config
 from .plugins import available_presets
 from .token_files import TokenFileError, output_names, read_tokens, write_tokens
@@ -66,12 +66,11 @@ def _model(args: argparse.Namespace) -> SemHiTok:
 
 
 def _read_images(paths: Sequence[Path], size: int, failures: list[str]):
-    for path in paths:
-        try:
-            yield path, center_crop(load_image(path), size)
-        except ImageReadError as err:
-            tqdm.write(f"error: {err}", file=sys.stderr)  # on its own line, not inside the bar
-            failures.append(str(path))
+    def report(name: str, reason: str) -> None:
+        tqdm.write(f"error: cannot read image {name!r}: {reason}", file=sys.stderr)  # own line
+        failures.append(name)
+
+    return SkippedImages(report=report).readable(paths, lambda p: center_crop(load_image(p), size))
 
 
 def batched(items: Iterator, batch_size: int) -> Iterator[list]:
