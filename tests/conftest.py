@@ -83,6 +83,67 @@ LLAMAGEN_STAND_INS = {
             return {"vocab_size": 16384, **kwargs}  # gpt.py ModelArgs.vocab_size default
         GPT_models = {"GPT-B": GPT_B}
         """,
+    # autoregressive/models/generate.py, c2i only: the call structure our sampling patch relies
+    # on. generate -> prefill(model, cond, input_pos, cfg_scale, **kw) and decode_n_tokens ->
+    # decode_one_token(model, x, input_pos, cfg_scale, cfg_flag, **kw), both looked up by module
+    # name at call time; each mixes [cond; uncond] logits and calls sample(logits, **kw) ->
+    # (ids (B, 1), probs); the KV cache comes from model.setup_caches(..., dtype=
+    # model.tok_embeddings.weight.dtype); the result is int32 (B, max_new_tokens). Top-p omitted.
+    "autoregressive/models/generate.py": """
+        import torch
+        def sample(logits, temperature=1.0, top_k=0, top_p=1.0, sample_logits=True):
+            logits = logits[:, -1, :] / max(temperature, 1e-5)
+            if top_k > 0:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = logits.softmax(-1)
+            idx = torch.multinomial(probs, 1) if sample_logits else probs.argmax(-1, keepdim=True)
+            return idx, probs
+        def guide(logits, cfg_scale):
+            cond, uncond = torch.split(logits, len(logits) // 2, dim=0)
+            return uncond + (cond - uncond) * cfg_scale
+        def prefill(model, cond_idx, input_pos, cfg_scale, **sampling_kwargs):
+            logits, _ = model(None, cond_idx, input_pos)
+            logits = guide(logits, cfg_scale) if cfg_scale > 1.0 else logits
+            return sample(logits, **sampling_kwargs)[0]
+        def decode_one_token(model, x, input_pos, cfg_scale, cfg_flag, **sampling_kwargs):
+            if cfg_scale > 1.0:
+                logits, _ = model(torch.cat([x, x]), cond_idx=None, input_pos=input_pos)
+                cond = torch.split(logits, len(logits) // 2, dim=0)[0]
+                logits = guide(logits, cfg_scale) if cfg_flag else cond
+            else:
+                logits, _ = model(x, cond_idx=None, input_pos=input_pos)
+            return sample(logits, **sampling_kwargs)
+        def decode_n_tokens(model, cur_token, input_pos, num_new_tokens, cfg_scale, cfg_interval,
+                            **sampling_kwargs):
+            new_tokens, new_probs = [], []
+            for i in range(num_new_tokens):
+                cfg_flag = not (cfg_interval > -1 and i > cfg_interval)
+                next_token, next_prob = decode_one_token(
+                    model, cur_token, input_pos, cfg_scale, cfg_flag, **sampling_kwargs)
+                input_pos += 1
+                new_tokens.append(next_token.clone())
+                new_probs.append(next_prob.clone())
+                cur_token = next_token.view(-1, 1)
+            return new_tokens, new_probs
+        @torch.no_grad()
+        def generate(model, cond, max_new_tokens, emb_masks=None, cfg_scale=1.0, cfg_interval=-1,
+                     **sampling_kwargs):
+            null = torch.full_like(cond, model.num_classes)
+            cond_combined = torch.cat([cond, null]) if cfg_scale > 1.0 else cond
+            model.setup_caches(max_batch_size=len(cond_combined),
+                               max_seq_length=1 + max_new_tokens,
+                               dtype=model.tok_embeddings.weight.dtype)
+            seq = torch.empty((len(cond), 1 + max_new_tokens), dtype=torch.int)
+            next_token = prefill(model, cond_combined, torch.arange(0, 1), cfg_scale,
+                                 **sampling_kwargs)
+            seq[:, 1:2] = next_token
+            tokens, _ = decode_n_tokens(model, next_token, torch.tensor([1], dtype=torch.int),
+                                        max_new_tokens - 1, cfg_scale, cfg_interval,
+                                        **sampling_kwargs)
+            seq[:, 2:] = torch.cat(tokens, dim=1)
+            return seq[:, 1:]
+        """,
     "dataset/__init__.py": "",
     "dataset/imagenet.py": """
         def build_imagenet_code(args):

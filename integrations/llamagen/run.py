@@ -9,6 +9,11 @@ The script runs unchanged as ``__main__`` after :func:`~semhitok_llamagen.regist
 has added the SemHiTok entries to ``VQ_models`` and the shims of :mod:`.compat` are in place
 (int64 codes from int32 files, the real dataset length, ``--downsample-size 14``, the GPT's
 vocabulary from ``--codebook-size`` in the text-to-image samplers).
+
+Launcher options go before the script: ``--semhitok-head factorised`` (with
+``--semhitok-sub-codebook-size M``, default 12, and ``--semhitok-head-rank R``) gives every GPT
+the factorised semantic -> pixel head and embedding (:mod:`.factorised`); use the same options
+for training and sampling.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import runpy
 import sys
 
 from .compat import default_gpt_vocab, relax_grid_choices, use_code_dataset
+from .factorised import take_head_options, use_factorised_head
 from .register import register
 
 
@@ -26,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
+    head, argv = take_head_options(argv)
+    if not argv:
+        sys.exit("error: no LlamaGen script after the launcher options")
     script, *args = argv
     if not os.path.isfile(script):
         sys.exit(f"error: no LlamaGen script {script!r} (run from the LlamaGen checkout's root)")
@@ -35,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     use_code_dataset()
     if (vocab := flag_value(args, "--codebook-size")) is not None:
         default_gpt_vocab(int(vocab))
+    if head is not None:
+        use_factorised_head(head)
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
 
