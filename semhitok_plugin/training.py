@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -60,7 +60,18 @@ from .checkpoint import (
     set_rng_state,
     truncate_metrics,
 )
-from .config import ConfigError, SemHiTokConfig, from_plain
+from .config import (
+    Bounds,
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OneOf,
+    PositiveFloat,
+    PositiveInt,
+    SemHiTokConfig,
+    check_fields,
+    from_plain,
+)
 from .data import DataConfig, ImageStream, eval_batches
 from .discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from .images import to_pil
@@ -69,6 +80,7 @@ from .visualize import grid, token_map
 from .weight_ema import WeightEMA
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+UnitInterval = Annotated[float, Bounds(ge=0, lt=1)]  # decays and Adam's betas
 log = logging.getLogger(__name__)
 
 
@@ -87,34 +99,40 @@ class TrainingPreempted(SystemExit):
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # or "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # 0 disables
+    lr: PositiveFloat = 1e-4
+    betas: tuple[UnitInterval, UnitInterval] = (0.9, 0.95)
+    weight_decay: NonNegativeFloat = 0.05
+    warmup_steps: NonNegativeInt = 0
+    schedule: Annotated[str, OneOf(("cosine", "constant"))] = "cosine"
+    min_lr_ratio: Annotated[float, Bounds(ge=0, le=1)] = 0.1
+    grad_clip: NonNegativeFloat = 1.0  # 0 disables
     # one fused AdamW kernel per step (CPU and CUDA): 1.07-1.20x the training step rate of the
-    # default AdamW at the tiny preset on the 2-core CPU (python -m benchmarks --cases train,
-    # benchmarks/results/suite_cpu_train_tiny.json); foreach was 1.03-1.08x
+    # default AdamW at the tiny preset on the 2-core CPU (python -m benchmarks train, the
+    # ``unfused`` row; benchmarks/results/suite_cpu_train_tiny.json); foreach was 1.03-1.08x
     fused: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
 class LossConfig:
-    perceptual_weight: float = 1.0
-    adversarial_weight: float = 0.5
-    disc_start: int = 20_000  # the discriminator joins after this many steps
+    perceptual_weight: NonNegativeFloat = 1.0
+    adversarial_weight: NonNegativeFloat = 0.5
+    disc_start: NonNegativeInt = 20_000  # the discriminator joins after this many steps
     adaptive_weight: bool = False  # VQGAN's gradient-norm balance (LlamaGen leaves it off)
-    disc_lr: float | None = None  # None: the generator's lr
-    disc_channels: int = 64
+    disc_lr: PositiveFloat | None = None  # None: the generator's lr
+    disc_channels: PositiveInt = 64
     lpips_weights: str | None = None  # VGG16 weights file; None: torch hub cache
     random_lpips: bool = False  # smoke tests only: random VGG backbone
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
 class TrainConfig:
-    stage: str
+    stage: Annotated[str, OneOf(STAGES)]
     data: DataConfig
     output_dir: str
     model: str = "siglip-l16-256"  # stage 1: a preset or config (resolve_config); else unused
@@ -122,35 +140,30 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     teacher_weights: str | None = None
     eval_data: DataConfig | None = None
-    batch_size: int = 256  # global, across ranks and accumulation steps
-    grad_accum: int = 1
-    max_steps: int = 10_000
+    batch_size: PositiveInt = 256  # global, across ranks and accumulation steps
+    grad_accum: PositiveInt = 1
+    max_steps: PositiveInt = 10_000
     optim: OptimConfig = field(default_factory=OptimConfig)
     losses: LossConfig = field(default_factory=LossConfig)
-    precision: str = "bf16"  # bf16 autocast on CUDA; CPU runs always compute in fp32
+    precision: Annotated[str, OneOf(("bf16", "fp32"))] = "bf16"  # CPU runs compute in fp32
     compile: bool = False
     grad_checkpointing: bool = False
-    ema_decay: float = 0.0  # EMA of trainable weights, exported when > 0
-    seed: int = 0
-    log_every: int = 10
-    image_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    preview_images: int = 8
+    ema_decay: UnitInterval = 0.0  # EMA of trainable weights, exported when > 0
+    seed: NonNegativeInt = 0
+    log_every: PositiveInt = 10
+    image_every: PositiveInt = 1000
+    checkpoint_every: PositiveInt = 1000
+    keep_checkpoints: PositiveInt = 2
+    preview_images: PositiveInt = 8
     # Steps with a NaN/inf loss or gradient norm are skipped (no update at all); this many in a
     # row stop the run (TrainingDiverged). 5: a rare bad batch or bf16 overflow passes, while a
     # diverged run stops within a few steps instead of burning its allocation.
-    max_bad_steps: int = 5
+    max_bad_steps: Annotated[int, Bounds(ge=1)] = 5
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        check_fields(self)
         if self.stage != "semantic" and not self.init:
             raise ConfigError(f"stage {self.stage!r} needs init: the previous stage's checkpoint")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"precision must be bf16 or fp32, got {self.precision!r}")
-        if self.max_bad_steps < 1:
-            raise ConfigError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -171,14 +184,19 @@ class TrainConfig:
                 )
             path = shipped
         data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"override {item!r} is not key=value")
             *parents, leaf = key.split(".")
             node = data
-            for part in parents:
+            for depth, part in enumerate(parents, 1):
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    where = ".".join(parents[:depth])
+                    raise ConfigError(f"override {item!r}: {where} is a value, not a section")
             node[leaf] = yaml.safe_load(value)
         return cls.load_dict(data, str(path))
 

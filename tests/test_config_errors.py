@@ -134,10 +134,11 @@ def test_unknown_and_missing_keys_are_named(train, override, named):
     ("override", "message"),
     [
         ("stage=joint", "stage must be one of"),
-        ("precision=fp8", "precision must be bf16 or fp32"),
+        ("precision=fp8", "precision must be one of 'bf16', 'fp32'"),
         ("stage=[", "invalid YAML in demo_cpu/stage1 or a --set value"),
         ("data.scale=[0.9, 0.5]", "data: scale must be (min, max) with min <= max"),
         ("data.source=''", "data: source is empty"),
+        ("max_steps.x=1", "override 'max_steps.x=1': max_steps is a value, not a section"),
     ],
 )
 def test_rules_outside_the_annotations_are_one_line_too(train, override, message):
@@ -155,6 +156,14 @@ def test_a_malformed_jsonl_line_names_file_and_line(tmp_path, capsys):
         f"error: {str(listing)!r} line 2: expected "
         '{"path": str, "label": int?}, got \'{"path": "b.png", "label": 1\''
     ]
+
+
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path, capsys):
+    config = tmp_path / "list.yaml"
+    config.write_text("- stage: semantic\n")
+    assert main(["train", str(config)]) != 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: {config}: the top level must be a mapping of keys to values"
 
 
 def test_missing_config_and_unknown_preset_name_the_choices(capsys):
