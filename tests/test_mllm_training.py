@@ -3,6 +3,7 @@ resume and reload -- on the tiny model and real photos."""
 
 import argparse
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -344,6 +345,14 @@ def test_stage_configs_and_overrides(tmp_path):
     override.write_text("trainer: {learning_rat: 0.5}\n")
     with pytest.raises(ConfigError, match="learning_rat"):
         load_stage_config("finetune", override)
+    for text, named in [
+        ("cfg_dropout: 1.5\n", "cfg_dropout must be >= 0 and <= 1, got 1.5"),
+        ("max_length: 1\n", "max_length must be >= 2, got 1"),
+        ("trainer: [\n", "invalid YAML in"),
+    ]:
+        override.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            load_stage_config("finetune", override)
     for zero in ("zero2", "zero3"):
         config = json.loads((DEEPSPEED_CONFIGS / f"{zero}.json").read_text())
         assert config["zero_optimization"]["stage"] == int(zero[-1])

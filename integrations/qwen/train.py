@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 import semhitok_plugin
 from semhitok_plugin.checkpoint import truncate_metrics
-from semhitok_plugin.config import ConfigError, from_plain
+from semhitok_plugin.cli import print_user_error
+from semhitok_plugin.config import Bounds, ConfigError, from_plain
 
 from .data import SKIP_REASONS, Collator, UnifiedDataset, read_jsonl
 from .model import ImageVocabulary
@@ -57,8 +58,8 @@ CHECKPOINT_DONE = "trainer_state.json"  # the Trainer writes it last into a chec
 
 @dataclass
 class StageConfig:
-    max_length: int = 2048
-    cfg_dropout: float = 0.1
+    max_length: Annotated[int, Bounds(ge=2)] = 2048  # a prompt token and a target
+    cfg_dropout: Annotated[float, Bounds(ge=0, le=1)] = 0.1
     trainer: dict[str, Any] = field(default_factory=dict)  # TrainingArguments fields
 
 
@@ -73,7 +74,10 @@ def load_stage_config(stage: str, override: str | Path | None = None) -> StageCo
     if override is not None:
         if not Path(override).is_file():
             raise FileNotFoundError(f"config file {str(override)!r} does not exist")
-        extra = yaml.safe_load(Path(override).read_text()) or {}
+        try:
+            extra = yaml.safe_load(Path(override).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"invalid YAML in {override}: {err}") from None
         if not isinstance(extra, dict):
             raise ConfigError(f"{override} must hold a mapping")
         data = {**data, **extra, "trainer": {**data["trainer"], **extra.get("trainer", {})}}
@@ -349,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_user_error(err)
         return 2
 
 
