@@ -8,6 +8,7 @@ text tokenizer and, under ``semhitok/``, the image tokenizer).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,20 @@ from pathlib import Path
 import torch
 
 from semhitok_plugin.cli import USER_ERRORS, batched, pick_device, print_user_error
+from semhitok_plugin.config import ConfigError
 from semhitok_plugin.images import ImageReadError
 from semhitok_plugin.token_files import write_tokens
 from semhitok_plugin.visualize import grid
 
 from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts that cannot be zero (batch sizes, limits)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -97,6 +106,83 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metric_sources(args: argparse.Namespace):
+    from .eval_gen import metric_sources
+
+    return metric_sources(
+        reference=args.reference,
+        inception_weights=args.inception_weights,
+        random_backbones=args.random_backbones,
+        fid_dims=args.fid_dims,
+        clip_model=args.clip_model,
+        clip_weights=args.clip_weights,
+        vqa_model=args.vqa_model,
+    )
+
+
+def _evaluate(args: argparse.Namespace, sources, device) -> None:
+    from .eval_gen import METRICS, evaluate_folder
+
+    metrics = evaluate_folder(
+        args.output,
+        sources,
+        device=device,
+        batch_size=args.metrics_batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {args.output / METRICS}")
+
+
+def cmd_eval_gen(args: argparse.Namespace) -> int:
+    from .eval_gen import MANIFEST, Sampling, distributed, generate_folder, read_prompts
+
+    prompts = read_prompts(args.prompts)
+    sources = _metric_sources(args)  # every path checked before the model loads
+    sampling = Sampling(
+        cfg_scale=args.cfg_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    run = {"model": args.model, "image_tokenizer": args.image_tokenizer, "dtype": args.dtype}
+    with distributed(args.device) as ranks:
+        model, processor = load_unified(
+            args.model,
+            image_tokenizer=args.image_tokenizer,
+            device=ranks.device,
+            torch_dtype=parse_dtype(args.dtype),
+        )
+        written = generate_folder(
+            model,
+            processor,
+            prompts,
+            args.output,
+            sampling,
+            run=run,
+            limit=args.limit,
+            ranks=ranks,
+            progress=not args.no_progress,
+        )
+        if ranks.rank == 0:
+            print(f"wrote {written} images to {args.output / 'images'}; {args.output / MANIFEST}")
+            if sources.any:
+                del model, processor
+                _evaluate(args, sources, ranks.device)
+    return 0
+
+
+def cmd_eval_gen_metrics(args: argparse.Namespace) -> int:
+    sources = _metric_sources(args)
+    if not sources.any:
+        raise ConfigError("nothing to compute: give --reference, --clip-model and/or --vqa-model")
+    _evaluate(args, sources, pick_device(args.device))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import run
 
@@ -158,6 +244,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, action="append", default=[], help="repeatable")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.set_defaults(fn=cmd_chat)
+
+    def with_metrics(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        m = p.add_argument_group("metrics (docs/generation-eval.md)")
+        m.add_argument(
+            "--reference",
+            help="FID reference images (MJHQ-30K: mjhq30k_imgs, one subfolder per category)",
+        )
+        m.add_argument(
+            "--inception-weights",
+            help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: torch hub's cache)",
+        )
+        m.add_argument(
+            "--random-backbones",
+            action="store_true",
+            help="random FID Inception: smoke tests only, FID not comparable",
+        )
+        m.add_argument(
+            "--fid-dims", type=int, default=2048, help="Inception feature width (2048 to compare)"
+        )
+        m.add_argument("--clip-model", help="open_clip model name, or a local open_clip folder")
+        m.add_argument("--clip-weights", help="local checkpoint of a named --clip-model")
+        m.add_argument(
+            "--vqa-model",
+            help="VQAScore scorer: a semhitok-qwen or transformers image-text-to-text folder",
+        )
+        m.add_argument("--metrics-batch-size", type=positive_int, default=16)
+        m.add_argument("--num-workers", type=int, default=4, help="image reading processes (FID)")
+        p.add_argument("--no-progress", action="store_true")
+        return p
+
+    p = with_metrics(
+        with_model(
+            sub.add_parser(
+                "eval-gen",
+                help="sample a benchmark's prompts (resumable, torchrun-sharded), then score them",
+            )
+        )
+    )
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        required=True,
+        help="MJHQ-30K meta_data.json, GenAI-Bench genai_image.json, or JSON/JSONL with 'prompt'",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--cfg-scale", type=float, default=4.0, help="the paper gives none; 1 = off")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0, help="batch b is sampled with seed + b")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts sampled together")
+    p.add_argument("--limit", type=positive_int, help="only the first N prompts' images")
+    p.set_defaults(fn=cmd_eval_gen)
+
+    p = with_metrics(
+        sub.add_parser("eval-gen-metrics", help="FID, CLIP score, VQAScore of an eval-gen folder")
+    )
+    p.add_argument("output", type=Path, help="a folder written by eval-gen")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(fn=cmd_eval_gen_metrics)
 
     p = sub.add_parser("train", help="pretrain or finetune on JSONL data (HF Trainer)")
     add_train_arguments(p)
