@@ -1,14 +1,18 @@
 """Generation evaluation on the CPU: ``semhitok-qwen eval-gen`` / ``eval-gen-metrics`` with a tiny
 random unified MLLM, a reference folder of the bundled photos and random-weight metric backbones
-saved to local files (so every number here is meaningless, and the output says so)."""
+saved to local files (so every number here is meaningless, and the output says so), plus the
+LlamaGen class-to-image helpers (``semhitok_llamagen.c2i_eval``)."""
 
+import argparse
 import hashlib
 import inspect
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from PIL import Image
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
 from semhitok_fixtures.tiny_qwen import save_tiny_unified, tiny_tokenizer
+from semhitok_llamagen import c2i_eval
 from semhitok_plugin import evaluation as ev
 from semhitok_plugin.samples import sample_photo
 from semhitok_qwen import cli, eval_gen, load_unified
@@ -470,3 +475,94 @@ def test_transformers_vqascore_is_the_probability_of_yes(tmp_path):
             inputs = scorer.processor(images=[image], text=[text], return_tensors="pt")
             logits = scorer.model(**inputs).logits[:, -1]
         assert float(score) == pytest.approx(float(logits.softmax(-1)[0, yes]), rel=1e-4)
+
+
+# -- LlamaGen class-to-image -----------------------------------------------------------------------
+def test_npz_round_trip_as_the_evaluator_reads_it(tmp_path, capsys):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    names = ("astronaut", "coffee", "chelsea", "rocket", "retina")
+    arrays = []
+    for i, name in enumerate(names):
+        image = sample_photo(name).resize((24, 16))
+        image.save(folder / f"{i:06d}.png")
+        arrays.append(np.asarray(image))
+    assert c2i_eval.main(["npz", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"python evaluations/c2i/evaluator.py VIRTUAL_imagenet256_labeled.npz {folder}.npz" in out
+    )
+    with np.load(f"{folder}.npz") as data:
+        assert list(data) == ["arr_0"]
+        assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (5, 16, 24, 3)
+        assert np.array_equal(data["arr_0"], np.stack(arrays))
+    # ADM's evaluator streams the member: magic, header, then raw rows
+    with zipfile.ZipFile(f"{folder}.npz") as zf, zf.open("arr_0.npy") as f:
+        assert np.lib.format.read_magic(f) == (1, 0)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        assert (shape, fortran, dtype) == ((5, 16, 24, 3), False, np.uint8)
+        first = np.frombuffer(f.read(16 * 24 * 3), np.uint8).reshape(16, 24, 3)
+        assert np.array_equal(first, arrays[0])
+    assert c2i_eval.write_npz(folder, tmp_path / "three.npz", num=3) == (3, 16, 24, 3)
+    sample_photo("coffee").resize((8, 8)).save(folder / "000005.png")
+    assert c2i_eval.main(["npz", str(folder), "-o", str(tmp_path / "bad.npz")]) == 2
+    assert "000005.png is (8, 8, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "bad.npz").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_gpt_weights_make_a_training_checkpoint_loadable_by_the_sampler(tmp_path, monkeypatch):
+    """LlamaGen's train_c2i.py checkpoint holds argparse.Namespace, which the sampler's
+    ``torch.load`` refuses under torch >= 2.6; gpt-weights writes tensors only."""
+    model, ema = {"w": torch.ones(2)}, {"w": torch.full((2,), 3.0)}
+    ckpt = tmp_path / "0005000.pt"
+    args = argparse.Namespace(gpt_model="GPT-B", vocab_size=256)
+    torch.save({"model": model, "ema": ema, "optimizer": {}, "steps": 5, "args": args}, ckpt)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(ckpt, map_location="cpu")  # what sample_c2i_ddp.py does
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / c2i_eval.SAMPLER).parent.mkdir(parents=True)
+    (tmp_path / c2i_eval.SAMPLER).write_text("")
+    with pytest.raises(ValueError, match="gpt-weights"):
+        c2i_eval.check_sampling_inputs(str(ckpt), str(ckpt))
+    assert c2i_eval.main(["gpt-weights", str(ckpt), "-o", "gpt.pt", "--ema"]) == 0
+    converted = torch.load(tmp_path / "gpt.pt", map_location="cpu")
+    assert list(converted) == ["model"] and torch.equal(converted["model"]["w"], ema["w"])
+    c2i_eval.check_sampling_inputs(str(ckpt), "gpt.pt")
+
+
+@pytest.mark.parametrize(
+    "vq_model, flags",
+    [
+        ("SemHiTok-16", "--codebook-size 196608 --codebook-embed-dim 56 --image-size 256 "
+         "--downsample-size 16 --image-size-eval 256"),
+        ("SemHiTok-14-384", "--codebook-size 196608 --codebook-embed-dim 56 --image-size 384 "
+         "--downsample-size 14 --image-size-eval 256"),
+        ("mine", "--codebook-size 256 --codebook-embed-dim"),
+    ],
+)  # fmt: skip
+def test_the_sampling_command(vq_model, flags, monkeypatch, capsys):
+    monkeypatch.setenv("SEMHITOK_LLAMAGEN_MODELS", "mine=tiny")
+    argv = ["sample", "--vq-model", vq_model, "--vq-ckpt", "vq.pt", "--gpt-model", "GPT-B"]
+    argv += ["--gpt-ckpt", "gpt.pt", "--nproc-per-node", "2", "--dry-run", "--", "--cfg-scale", "2"]
+    assert c2i_eval.main(argv) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith(
+        "torchrun --nproc_per_node=2 -m semhitok_llamagen.run "
+        f"autoregressive/sample/sample_c2i_ddp.py --vq-model {vq_model} {flags}"
+    )
+    assert command.endswith("--num-fid-samples 50000 --sample-dir samples --cfg-scale 2")
+
+
+def test_launcher_options_go_before_the_sampler():
+    command = c2i_eval.sample_command(
+        vq_model="SemHiTok-16",
+        vq_ckpt="vq.pt",
+        gpt_model="GPT-B",
+        gpt_ckpt="gpt.pt",
+        nproc_per_node=8,
+        extra=["--semhitok-head", "factorised", "--top-k", "24000", "--semhitok-head-rank=64"],
+    )
+    run = command.index("semhitok_llamagen.run")
+    launcher = ["--semhitok-head", "factorised", "--semhitok-head-rank=64", c2i_eval.SAMPLER]
+    assert command[run + 1 : run + 5] == launcher
+    assert command[-2:] == ["--top-k", "24000"]
