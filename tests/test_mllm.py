@@ -4,6 +4,8 @@ A tiny random Qwen2 with a real byte-level BPE tokenizer is extended by the ``ti
 preset (64 × 4 = 256 image ids, 8 × 8 tokens per 64 px image); inputs are real photos.
 """
 
+import functools
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -102,8 +104,18 @@ def test_marker_rows_start_at_the_mean_trained_row(unified, qwen):
 
 def test_generate_knows_only_the_last_position_needs_logits(unified):
     model, _ = unified
-    assert model._supports_num_logits_to_keep()
     ids = torch.tensor([[5, 6, 7, 8]])
+    seen, forward = [], model.forward
+
+    @functools.wraps(forward)  # generate reads forward's signature
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("num_logits_to_keep"))
+        return forward(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(model, "forward", recording)
+        model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert seen == [1, 1]  # transformers' generate asks for the last position's logits only
     with torch.no_grad():
         last = model(ids, num_logits_to_keep=1).logits
         torch.testing.assert_close(last, model(ids).logits[:, -1:])
