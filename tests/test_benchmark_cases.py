@@ -145,7 +145,7 @@ def test_train_rows(train_run, tmp_path):
                 continue
             m = row.metrics
             assert row.params["repeats"] == 2
-            assert m["step_ms"] > 0 and m["peak_mib"] >= 0 and m["state_mib"] > 0
+            assert m["step_ms"] > 0 and m["state_mib"] > 0
             assert m["ms_per_image"] == pytest.approx(m["step_ms"] / batch)
             assert m["images_per_s"] == pytest.approx(1e3 * batch / m["step_ms"])
             if row is not plain:
