@@ -36,7 +36,7 @@ temporary name and renamed, so a killed run leaves whole PNGs or none.
   Means over all prompts, per GenAI-Bench skill and over the ``basic``/``advanced`` groups (Tab. 8's
   columns). The paper's scorer is t2v_metrics' clip-flant5-xxl, which is not a transformers model;
   the scorers here are a semhitok-qwen model or any transformers image-text-to-text model, and
-  their numbers are comparable with Tab. 8 only in ranking, never in value.
+  their numbers are not comparable with Tab. 8's.
 
 Every weight and data path is checked before a model is loaded or an image is sampled; a missing one
 stops the run with one line naming the option that supplies it.
