@@ -344,8 +344,9 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
 IMAGES_HELP = "image files, folders (searched recursively) or .txt/.jsonl lists of images"
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a batch of zero images is a mistake, not an empty run."""
+def positive_int(text: str) -> int:
+    """An argparse type for counts that cannot be zero: a batch of zero images is a mistake,
+    not an empty run (the Qwen CLI uses it too)."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="init seed for preset models")
         p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         if batch:
-            p.add_argument("--batch-size", type=_positive_int, default=16)
+            p.add_argument("--batch-size", type=positive_int, default=16)
         return p
 
     sub.add_parser("presets", help="list the registered presets").set_defaults(fn=cmd_presets)

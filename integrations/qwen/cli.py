@@ -15,7 +15,13 @@ from pathlib import Path
 
 import torch
 
-from semhitok_plugin.cli import USER_ERRORS, batched, pick_device, print_user_error
+from semhitok_plugin.cli import (
+    USER_ERRORS,
+    batched,
+    pick_device,
+    positive_int,
+    print_user_error,
+)
 from semhitok_plugin.config import ConfigError
 from semhitok_plugin.images import ImageReadError
 from semhitok_plugin.token_files import write_tokens
@@ -23,13 +29,6 @@ from semhitok_plugin.visualize import grid
 
 from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
-
-
-def positive_int(text: str) -> int:
-    """An argparse type for counts that cannot be zero (batch sizes, limits)."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
