@@ -18,10 +18,7 @@ trains 2 steps per stage, to check the plumbing only.
 from __future__ import annotations
 
 import argparse
-from itertools import islice
 from pathlib import Path
-
-import torch
 
 from benchmarks.suite import Context, Row
 
@@ -42,19 +39,6 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--lpips-weights", help="VGG16 weights file, to report LPIPS too")
 
 
-@torch.no_grad()
-def sub_codebook_usage(model, source: Path, batches: int) -> float:
-    """Used flat codes / (m x visited semantic codes), over random training crops."""
-    from semhitok_plugin.data import DataConfig, ImageStream
-
-    stream = ImageStream(DataConfig(source=str(source), image_size=64), 32, seed=123)
-    flat = torch.cat(
-        [model.encode(b["images"]).flat_ids.flatten() for b in islice(stream, batches)]
-    )
-    visited = flat.div(model.sub_codebook_size, rounding_mode="floor").unique().numel()
-    return flat.unique().numel() / (visited * model.sub_codebook_size)
-
-
 def run(ctx: Context) -> list[Row]:
     from semhitok_plugin.data import DataConfig, eval_batches
     from semhitok_plugin.demo import CONFIGS, write_demo_data
@@ -62,6 +46,7 @@ def run(ctx: Context) -> list[Row]:
         evaluate_reconstruction,
         load_lpips,
         load_metric_backbones,
+        random_crop_usage,
     )
     from semhitok_plugin.model import SemHiTok
     from semhitok_plugin.training import TrainConfig, train
@@ -69,6 +54,7 @@ def run(ctx: Context) -> list[Row]:
     opts = ctx.options
     steps = opts["steps"] or (2 if ctx.quick else 600)
     work: Path = opts["work"]
+    crops = 64 if ctx.quick else 1280
     train_dir, heldout = write_demo_data(work / "data")
     common = [f"data.source={train_dir}", "image_every=100000"]
     common += ["max_steps=2", "checkpoint_every=2"] if ctx.quick else []
@@ -101,7 +87,7 @@ def run(ctx: Context) -> list[Row]:
         values = {
             "psnr": metrics["psnr"],
             "ssim": metrics["ssim"],
-            "sub_codebook_usage": sub_codebook_usage(model, train_dir, 2 if ctx.quick else 40),
+            "sub_codebook_usage": random_crop_usage(model, train_dir, crops=crops)["sub_codebook"],
         }
         if opts["lpips_weights"]:
             values["lpips"] = metrics["lpips"]

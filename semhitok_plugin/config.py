@@ -282,6 +282,12 @@ class PixelConfig:
     code_dim: PositiveInt = 8
     commitment_weight: NonNegativeFloat = 0.25
     codebook_weight: NonNegativeFloat = 1.0
+    # Stage 2 sets each sub-codebook's m entries from the first features routed to it, and
+    # moves an entry unused for this many visits of its sub-codebook onto a routed feature
+    # (0: never). With random init, 40 % of the entries of a visited sub-codebook were used at
+    # m = 12 at demo scale (docs/ablation.md); LlamaGen has neither and reports usage over a window.
+    data_init: bool = True
+    dead_code_patience: NonNegativeInt = 100
     # Decoder input: "channel" concatenation of semantic and pixel codes (paper default),
     # "sequence" (semantic then pixel tokens), "none" (pixel codes only) -- Tab. 9 ablation --
     # or "semantic" (semantic codes only: the semantic-codebook baseline of Tab. 7, Fig. 5).

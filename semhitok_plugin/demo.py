@@ -40,7 +40,12 @@ def write_demo_data(root: Path, tile: int = 128) -> tuple[Path, Path]:
 def run_demo(out: Path, *, steps_scale: float = 1.0) -> dict:
     """Stage 1, stage 2, held-out evaluation; returns the summary written to ``summary.json``."""
     from .data import DataConfig, eval_batches
-    from .evaluation import evaluate_reconstruction, load_metric_backbones, semantic_fidelity
+    from .evaluation import (
+        evaluate_reconstruction,
+        load_metric_backbones,
+        random_crop_usage,
+        semantic_fidelity,
+    )
     from .model import SemHiTok
     from .training import TrainConfig, train
 
@@ -66,6 +71,7 @@ def run_demo(out: Path, *, steps_scale: float = 1.0) -> dict:
     summary = {
         "tokenizer": str(finals["stage2"]),
         "heldout_metrics": metrics,
+        "codebook_usage": random_crop_usage(model, train_dir),
         "minutes": (time.perf_counter() - start) / 60,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

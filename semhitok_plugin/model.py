@@ -93,6 +93,8 @@ class SemHiTok(nn.Module):
             pix.code_dim,
             commitment_weight=pix.commitment_weight,
             codebook_weight=pix.codebook_weight,
+            data_init=pix.data_init,
+            dead_code_patience=pix.dead_code_patience,
         )
         self.pixel_decoder = PixelDecoder(
             pix.decoder, pix.concat, sem.code_dim, pix.code_dim, patch, grid
@@ -221,7 +223,8 @@ class SemHiTok(nn.Module):
         with torch.no_grad():
             _, sem = self.distill(x)
         with torch.set_grad_enabled(stage == "pixel" and torch.is_grad_enabled()):
-            pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids)
+            update = stage == "pixel" and self.training
+            pix = self.pixel_quantizer(self.pixel_encoder(x), sem.ids, update=update)
         recon = self.pixel_decoder(sem.quantized, pix.quantized)
         loss_fn = F.l1_loss if self.config.pixel.recon_loss == "l1" else F.mse_loss
         terms = {"recon": loss_fn(recon, x), **pix.losses}

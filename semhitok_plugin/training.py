@@ -277,7 +277,7 @@ class Trainer:
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = cfg.grad_checkpointing
         self.net = self._wrap(self.model)
-        self.opt = self._optimizer(self.params, cfg.optim.lr)
+        self.opt = self._optimizer(self.model, self.params, cfg.optim.lr)
         self.ema = WeightEMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.disc = self.disc_opt = self.lpips = None
         if cfg.stage != "semantic":
@@ -292,10 +292,10 @@ class Trainer:
             cfg.data, per_rank, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
         self.step = 0
-        # Buffers the forward updates (EMA codebook, its counters, usage counts): restored
-        # after a skipped step.
+        # What the forward updates (EMA codebook, init and restarts of codes, their counters,
+        # usage counts): restored after a skipped step.
         quantizers = (self.model.semantic_codebook, self.model.pixel_quantizer)
-        self.forward_buffers = [b for q in quantizers for b in q.buffers()]
+        self.forward_buffers = [t for q in quantizers for t in (*q.buffers(), *q.parameters())]
         self.flags = _StepFlags()
         self.skipped_steps = self.bad_streak = 0
         self.stop_requested = self.stopping = False
@@ -310,11 +310,23 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
         return net
 
-    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    def _optimizer(self, module: nn.Module, params: list[nn.Parameter], lr: float):
+        """AdamW with weight decay on weight matrices only: decay pulls every codebook entry,
+        used or not, towards the origin (an unused normalised code shrinks until its direction
+        is noise) and gives embeddings, biases and norm gains a prior they should not have."""
         o = self.cfg.optim
         fused = o.fused and all(p.device.type in ("cpu", "cuda") for p in params)
+        wanted = {id(p) for p in params}
+        decay, no_decay = [], []
+        for name, p in module.named_parameters():
+            if id(p) in wanted:
+                (no_decay if _exempt_from_decay(name, p) else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(
-            params, lr=lr, betas=o.betas, weight_decay=o.weight_decay, fused=fused or None
+            [g for g in groups if g["params"]], lr=lr, betas=o.betas, fused=fused or None
         )
 
     def _build_pixel_losses(self) -> None:
@@ -328,7 +340,7 @@ class Trainer:
         if losses.adversarial_weight > 0:
             self.disc = self._wrap(PatchDiscriminator(losses.disc_channels).to(self.device))
             self.disc_opt = self._optimizer(
-                list(self.disc.parameters()), losses.disc_lr or self.cfg.optim.lr
+                self.disc, list(self.disc.parameters()), losses.disc_lr or self.cfg.optim.lr
             )
 
     def _frozen_digest(self) -> float:
@@ -361,15 +373,16 @@ class Trainer:
         disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
         codebook = self.model.semantic_codebook
         first_update = codebook.init_pending
-        before = [b.clone() for b in self.forward_buffers]
+        before = [b.detach().clone() for b in self.forward_buffers]
         totals, norms = self._backward(batches, disc_on)
         names, flags = self._flags(totals | norms)
         bad = flags[:-1].any()
         self._step(self.opt, bad)
         if disc_on:
             self._step(self.disc_opt, bad)
-        for buffer, old in zip(self.forward_buffers, before, strict=True):
-            buffer.copy_(torch.where(bad, old, buffer))
+        with torch.no_grad():
+            for buffer, old in zip(self.forward_buffers, before, strict=True):
+                buffer.copy_(torch.where(bad, old, buffer))
         if first_update:  # a skipped first step also undid the k-means init: check it again
             codebook.reset_init_check()
         if self.ema:
@@ -689,6 +702,12 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
+
+
+def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
+    """Codebooks, embeddings (position, class, latent tokens), biases and norm gains."""
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim < 2 or "codebook" in leaf or leaf in ("pos_embed", "cls_token", "latent")
 
 
 class _StepFlags:

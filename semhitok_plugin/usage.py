@@ -11,9 +11,11 @@ from torch import nn
 
 
 class CodeUsage(nn.Module):
-    def __init__(self, num_codes: int) -> None:
+    def __init__(self, num_codes: int, *, group_size: int | None = None) -> None:
         super().__init__()
         self.num_codes = num_codes
+        # Codes form consecutive groups of this size (SGHC: the m entries of a sub-codebook).
+        self.group_size = group_size
         # Not persistent: usage is a measurement, not part of the model's weights.
         self.register_buffer("counts", torch.zeros(num_codes, dtype=torch.long), persistent=False)
 
@@ -30,6 +32,13 @@ class CodeUsage(nn.Module):
         """Share of codes selected at least once (an exact count over ``num_codes``)."""
         return int((self.counts > 0).sum()) / self.num_codes
 
+    def fraction_used_in_visited_groups(self) -> float:
+        """Mean over groups with any use of the share of their codes used (Tab. 9's "Usage"
+        of the sub-codebooks: a semantic code never seen cannot use its pixel entries)."""
+        used = (self.counts > 0).view(-1, self.group_size)
+        visited = used.any(1)
+        return float(used[visited].float().mean()) if visited.any() else 0.0
+
     def perplexity(self) -> float:
         """exp(entropy) of the empirical code distribution; equals num_codes when uniform."""
         total = self.counts.sum()
@@ -39,9 +48,14 @@ class CodeUsage(nn.Module):
         return torch.exp(-(p * p.log()).sum()).item()
 
     def summary(self) -> dict[str, float | int]:
-        """``used`` (:meth:`fraction_used`), ``perplexity`` and the number of ``codes``."""
-        return {
+        """``used`` (:meth:`fraction_used`), ``perplexity``, the number of ``codes`` and of
+        ``tokens`` counted, and with groups ``used_in_visited_groups``."""
+        out = {
             "used": self.fraction_used(),
             "perplexity": self.perplexity(),
             "codes": self.num_codes,
+            "tokens": int(self.counts.sum()),
         }
+        if self.group_size:
+            out["used_in_visited_groups"] = self.fraction_used_in_visited_groups()
+        return out
