@@ -27,6 +27,9 @@ import torch
 from .hub import torch_load
 
 LATEST = "latest"
+# Written next to a pixel stage's exported tokenizer: the PatchGAN and its optimizer, so the
+# next stage continues the adversarial game instead of restarting it against a trained generator.
+DISCRIMINATOR_FILE = "discriminator.pt"
 
 
 class CheckpointWriteError(OSError):
@@ -123,6 +126,19 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch_load(path)
+
+
+def save_discriminator(directory: Path, state: dict[str, Any]) -> Path:
+    """Write ``{"disc": ..., "disc_optimizer": ..., "disc_channels": ...}`` atomically."""
+    path = Path(directory) / DISCRIMINATOR_FILE
+    atomic_write(path, lambda f: _save_tensors(state, f))
+    return path
+
+
+def load_discriminator(directory: str | Path) -> dict[str, Any] | None:
+    """What :func:`save_discriminator` wrote in ``directory``; None when it holds none."""
+    path = Path(directory) / DISCRIMINATOR_FILE
+    return torch_load(path) if path.is_file() else None
 
 
 def rng_state() -> dict[str, Any]:

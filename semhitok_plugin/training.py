@@ -5,6 +5,11 @@
 * ``pixel`` (stage 2, "PRE"): pixel encoder, SGHC sub-codebooks and pixel decoder; everything
   semantic is frozen and taken from the stage-1 checkpoint. Loss: reconstruction + codebook +
   commitment + LPIPS + PatchGAN hinge (from ``losses.disc_start``, optionally adaptive).
+  The discriminator and its optimizer state are exported next to the tokenizer
+  (``final/discriminator.pt``); a later stage whose ``init`` has them continues from them, as
+  LlamaGen's ``--finetune`` does, and one whose ``init`` has none delays the GAN to
+  ``losses.fresh_disc_start`` (a fresh PatchGAN against a trained generator first has to learn
+  what real images look like; from step 0 it only injects noise into the generator).
 * ``decoder`` (stage 3, "enhance decoder"): only the (usually larger) pixel decoder trains;
   everything else comes from the stage-2 checkpoint.
 
@@ -55,8 +60,10 @@ from .checkpoint import (
     latest_checkpoint,
     latest_checkpoint_or_none,
     load_checkpoint,
+    load_discriminator,
     rng_state,
     save_checkpoint,
+    save_discriminator,
     set_rng_state,
     truncate_metrics,
 )
@@ -120,6 +127,9 @@ class LossConfig:
     perceptual_weight: NonNegativeFloat = 1.0
     adversarial_weight: NonNegativeFloat = 0.5
     disc_start: NonNegativeInt = 20_000  # the discriminator joins after this many steps
+    # When ``init`` carries no trained discriminator, the GAN joins at max(disc_start, this)
+    # instead. None: disc_start. 20,000 is LlamaGen's --disc-start for a fresh PatchGAN.
+    fresh_disc_start: NonNegativeInt | None = None
     adaptive_weight: bool = False  # VQGAN's gradient-norm balance (LlamaGen leaves it off)
     disc_lr: PositiveFloat | None = None  # None: the generator's lr
     disc_channels: PositiveInt = 64
@@ -279,7 +289,8 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.opt = self._optimizer(self.model, self.params, cfg.optim.lr)
         self.ema = WeightEMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.disc = self.disc_opt = self.lpips = None
+        self.disc = self.disc_module = self.disc_opt = self.lpips = None
+        self.disc_start, self.disc_carried = cfg.losses.disc_start, False
         if cfg.stage != "semantic":
             self._build_pixel_losses()
         per_rank, rest = divmod(cfg.batch_size, self.world * cfg.grad_accum)
@@ -338,10 +349,30 @@ class Trainer:
                 self.device
             )
         if losses.adversarial_weight > 0:
-            self.disc = self._wrap(PatchDiscriminator(losses.disc_channels).to(self.device))
+            self.disc_module = PatchDiscriminator(losses.disc_channels).to(self.device)
+            self.disc = self._wrap(self.disc_module)
             self.disc_opt = self._optimizer(
                 self.disc, list(self.disc.parameters()), losses.disc_lr or self.cfg.optim.lr
             )
+            carried = load_discriminator(self.cfg.init) if self.cfg.init else None
+            if carried is not None:
+                self._carry_discriminator(carried)
+            elif losses.fresh_disc_start is not None:
+                self.disc_start = max(self.disc_start, losses.fresh_disc_start)
+
+    def _carry_discriminator(self, state: dict[str, Any]) -> None:
+        """Weights and Adam moments from ``init``; lr and weight decay stay this stage's."""
+        if state["disc_channels"] != self.cfg.losses.disc_channels:
+            raise ConfigError(
+                f"{self.cfg.init} carries a discriminator with disc_channels="
+                f"{state['disc_channels']}, this stage asks for {self.cfg.losses.disc_channels}"
+            )
+        self.disc_module.load_state_dict(state["disc"])
+        configured = [dict(g) for g in self.disc_opt.param_groups]
+        self.disc_opt.load_state_dict(state["disc_optimizer"])
+        for group, mine in zip(self.disc_opt.param_groups, configured, strict=True):
+            group["lr"], group["weight_decay"] = mine["lr"], mine["weight_decay"]
+        self.disc_carried = True
 
     def _frozen_digest(self) -> float:
         trainable = {id(p) for p in self.params}
@@ -370,7 +401,7 @@ class Trainer:
         on the device (read back only when logged, flags one step late)."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        disc_on = self.disc is not None and self.step >= self.cfg.losses.disc_start
+        disc_on = self.disc is not None and self.step >= self.disc_start
         codebook = self.model.semantic_codebook
         first_update = codebook.init_pending
         before = [b.detach().clone() for b in self.forward_buffers]
@@ -699,6 +730,13 @@ class Trainer:
         if self.rank == 0:
             with self.ema.applied() if self.ema else contextlib.nullcontext():
                 self.model.save_pretrained(final)
+            if self.disc_module is not None:
+                state = {
+                    "disc": self.disc_module.state_dict(),
+                    "disc_optimizer": self.disc_opt.state_dict(),
+                    "disc_channels": self.cfg.losses.disc_channels,
+                }
+                save_discriminator(final, state)
         if self.world > 1:
             dist.barrier()
         return final
