@@ -325,6 +325,11 @@ def test_cli_errors_and_help(world, tmp_path, capsys):
     missing = ["--model", str(world.model), "--data", str(tmp_path / "nope.jsonl")]
     assert main([*missing, "--output-dir", str(tmp_path / "out")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: [\n")
+    assert main(["--model", str(world.model), *base, "--config", str(broken)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: invalid YAML in {broken}: ")
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0 and "--deepspeed" in capsys.readouterr().out
@@ -348,7 +353,6 @@ def test_stage_configs_and_overrides(tmp_path):
     for text, named in [
         ("cfg_dropout: 1.5\n", "cfg_dropout must be >= 0 and <= 1, got 1.5"),
         ("max_length: 1\n", "max_length must be >= 2, got 1"),
-        ("trainer: [\n", "invalid YAML in"),
     ]:
         override.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(named)):

@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -66,7 +67,6 @@ class StageConfig:
 def load_stage_config(stage: str, override: str | Path | None = None) -> StageConfig:
     """The shipped config of ``stage``, with the YAML file ``override`` merged over it
     (``trainer`` key by key, everything else replaced)."""
-    import yaml
 
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -74,10 +74,7 @@ def load_stage_config(stage: str, override: str | Path | None = None) -> StageCo
     if override is not None:
         if not Path(override).is_file():
             raise FileNotFoundError(f"config file {str(override)!r} does not exist")
-        try:
-            extra = yaml.safe_load(Path(override).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"invalid YAML in {override}: {err}") from None
+        extra = yaml.safe_load(Path(override).read_text()) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{override} must hold a mapping")
         data = {**data, **extra, "trainer": {**data["trainer"], **extra.get("trainer", {})}}
@@ -354,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except (ConfigError, FileNotFoundError) as err:
         print_user_error(err)
+        return 2
+    except yaml.YAMLError as err:  # the stage config's syntax, or a python/* tag it refuses
+        print_user_error(ConfigError(f"invalid YAML in {args.config}: {err}"))
         return 2
 
 
