@@ -90,6 +90,7 @@ def variant_of(cfg) -> str:
     return "+lpips" if cfg.losses.perceptual_weight > 0 else "plain"
 
 
+@pytest.mark.slow
 def test_train_times_the_trainers_own_step(train_run):
     _, rows, calls = train_run
     for row in rows:
@@ -272,6 +273,7 @@ def assert_pairs(rows: dict[str, Row], pairs: dict[str, str], unit: str, count: 
             assert r[f"{unit}_per_s"] == pytest.approx(count / r["ms"] * 1e3)
 
 
+@pytest.mark.slow
 def test_quantizer_rows():
     rows = quantizer.run(quick_ctx({"tokens": 256}))
     assert_sane(rows, "quantizer")
@@ -349,6 +351,7 @@ def test_llava_tower_rows():
     assert clip.metrics["visual_tokens"] == 16 and ours.metrics["visual_tokens"] == 64
 
 
+@pytest.mark.slow
 def test_encode_memory_case(tmp_path):
     from benchmarks import encode_memory
 

@@ -245,6 +245,7 @@ def test_skipped_and_failed_cases_are_reported(fake_cases, tmp_path, capsys):
     assert "skipped skips: no GPU here" in stdout and "FAILED broken" in stdout
 
 
+@pytest.mark.slow
 def test_runner_quick_end_to_end(tmp_path):
     out, plots = tmp_path / "bench.json", tmp_path / "plots"
     cmd = [sys.executable, "-m", "benchmarks", "tokenize", "--quick", "--device", "cpu"]

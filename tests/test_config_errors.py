@@ -174,6 +174,7 @@ def test_missing_config_and_unknown_preset_name_the_choices(capsys):
     assert "'no-such-preset' is not a preset (" in line and "tiny" in line
 
 
+@pytest.mark.slow
 def test_no_traceback_reaches_the_terminal(tmp_path):
     """As a user runs it: a fresh interpreter, the whole stderr."""
     listing = tmp_path / "images.jsonl"

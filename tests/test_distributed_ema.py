@@ -41,6 +41,7 @@ def rank_results(tmp_path_factory):
     return {name: [torch.load(tmp / f"{name}-rank{r}.pt") for r in (0, 1)] for name in CASES}
 
 
+@pytest.mark.slow
 def test_ranks_end_with_identical_codebooks_with_kmeans_and_restarts(rank_results):
     a, b = rank_results["kmeans_and_restarts"]
     assert torch.equal(a, b)

@@ -54,6 +54,7 @@ def load_run(tmp_path_factory):
     return measure_encode([str(folder)], IMAGES + len(BROKEN), warmup=WARMUP, interval=0.02)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_after_warmup(load_run):
     _, summary = load_run
     # enough samples, over enough images, to judge a trend (an idle machine takes ~2 s)

@@ -194,6 +194,7 @@ def test_default_sampling_is_generate_images(model_dir):
 
 
 # -- generation ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_images_manifest_and_seeds(full_run, model_dir):
     records = [json.loads(line) for line in (full_run / "manifest.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"{i:05d}" for i in range(8)]
@@ -227,6 +228,7 @@ class Killed(BaseException):
     """A kill: nothing after it runs (not even ``except Exception``)."""
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
     full_run, model_dir, prompt_file, tmp_path, monkeypatch, capsys
 ):
@@ -254,6 +256,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
     same_files(out, full_run)  # the stale temporary file is gone too
 
 
+@pytest.mark.slow
 def test_a_limited_run_is_a_prefix_of_the_full_run(full_run, model_dir, prompt_file, tmp_path):
     out = tmp_path / "limited"
     assert run_eval_gen(model_dir, prompt_file, out, "--limit", "4") == 0  # cuts batch 1
@@ -273,6 +276,7 @@ def test_resuming_with_other_settings_is_refused(full_run, model_dir, prompt_fil
     assert "(cfg_scale 4.0 -> 2.0)" in err and "settings.json" in err
 
 
+@pytest.mark.slow
 def test_ranks_share_the_work_and_write_the_same_files(full_run, model_dir, prompt_file, tmp_path):
     """torchrun's ranks each sample the batches b = rank (mod world size); the images do not
     depend on the world size (here the two ranks run one after the other, without a group)."""
@@ -340,6 +344,7 @@ def test_a_missing_prompt_file_is_named(tmp_path, capsys):
 
 
 # -- metrics ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_metrics_of_a_folder(full_run, reference, inception_file, clip_dir, model_dir, capsys):
     args = ["eval-gen-metrics", str(full_run), "--reference", str(reference), "--fid-dims", "64"]
     args += ["--inception-weights", str(inception_file.parent), "--num-workers", "0"]

@@ -148,6 +148,7 @@ def test_register_without_llamagen_says_how_to_get_it(monkeypatch):
         register()
 
 
+@pytest.mark.slow
 def test_the_launcher_runs_a_script_with_semhitok_registered(llamagen_root, tmp_path):
     script = tmp_path / "sample.py"
     script.write_text(

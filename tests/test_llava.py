@@ -85,6 +85,7 @@ def world(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_pretrain_and_finetune_run_through_llava_train_and_the_loss_falls(world):
     for run in (world.pretrain, world.finetune):
         curve = losses(run)
@@ -170,6 +171,7 @@ def _greedy_without_cache(model, tokenizer, ids, pixels, steps):
     return tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow
 def test_model_vqa_loader_answers_with_cached_greedy_generate(world, reloaded):
     answers = world.root / "answers" / "answers.jsonl"
     console_script = str(Path(sys.executable).parent / "semhitok-llava-vqa")
@@ -327,6 +329,7 @@ def test_an_undecodable_image_fails_with_its_file_name(world, monkeypatch):
     broken.unlink()
 
 
+@pytest.mark.slow
 def test_an_import_error_inside_llava_is_reported_not_swallowed():
     code = (
         "import sys; sys.modules['llava.mm_utils'] = None\n"

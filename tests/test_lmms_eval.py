@@ -93,6 +93,7 @@ def answers(lm, contexts, gen_kwargs, batch_size):
 
 
 # -- the real CLI ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_evaluates_local_pope(tiny_dir, docs, tmp_path):
     """``python -m lmms_eval --model semhitok_qwen`` resolves the entry point (no fork, no
     LMMS_EVAL_PLUGINS) and scores a local POPE-format dataset; it exits 0 even on failure, so

@@ -264,6 +264,7 @@ def _reference_sample(model, processor, prompts, cfg_scale, seed, top_k):
     return torch.stack(drawn, 1).view(n, 8, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_generate_image_matches_uncached_reference_sampling(unified, cfg_scale):
     model, processor = unified
@@ -299,6 +300,7 @@ def test_generate_image_gives_exactly_the_grid_inside_the_image_range(unified):
     assert out.images[0].size == (64, 64)  # the tiny preset's image size
 
 
+@pytest.mark.slow
 def test_generate_image_is_deterministic_for_a_seed(unified):
     model, processor = unified
     run = lambda seed: generate_image(model, processor, "a cat", seed=seed, decode=False).ids  # noqa: E731
@@ -306,6 +308,7 @@ def test_generate_image_is_deterministic_for_a_seed(unified):
     assert not torch.equal(run(3), run(4))
 
 
+@pytest.mark.slow
 def test_the_sliced_head_samples_the_same_ids_as_the_full_head(unified):
     model, processor = unified
     kwargs = dict(cfg_scale=2.0, seed=1, top_p=0.9, decode=False)

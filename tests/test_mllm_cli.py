@@ -33,6 +33,7 @@ def test_init_extends_a_qwen_checkpoint(tmp_path, capsys, dtype):
     assert model.image_vocab.size == processor.image_tokenizer.vocab_size == 256
 
 
+@pytest.mark.slow
 def test_generate_writes_the_sampled_images_and_their_ids(model_dir, tmp_path):
     out = tmp_path / "gen"
     prompts = ["a photo of a cat", "a rocket"]

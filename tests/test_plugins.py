@@ -63,6 +63,7 @@ def test_a_third_party_plugin_adds_a_preset_and_a_backend(tmp_path, monkeypatch)
     assert model.vocab_size == 32 * 4
 
 
+@pytest.mark.slow
 def test_the_cli_sees_installed_plugins(tmp_path, run_cli):
     install_throwaway_plugin(tmp_path)
     pythonpath = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"

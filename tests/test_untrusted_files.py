@@ -231,6 +231,7 @@ def probed(tmp_path_factory):
     return directory, probe(directory)
 
 
+@pytest.mark.slow
 def test_the_untrusted_file_probes_are_those_expected_and_run_no_code(probed):
     directory, probes = probed
     assert len(probes) == len(UNTRUSTED_OUTCOMES)
