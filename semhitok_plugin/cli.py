@@ -318,7 +318,8 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
 
     model = _model(args)
     device = next(model.parameters()).device
-    data = DataConfig(source=args.data, image_size=model.config.image_size, crop="center")
+    crop = "adm" if args.protocol == "llamagen" else "center"
+    data = DataConfig(source=args.data, image_size=model.config.image_size, crop=crop)
     backbones = load_metric_backbones(
         inception_weights=args.inception_weights,
         lpips_weights=args.lpips_weights,
@@ -326,8 +327,9 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
         device=device,
     )
     metrics = evaluate_reconstruction(
-        model, eval_batches(data, args.batch_size), backbones, device=device
+        model, eval_batches(data, args.batch_size), backbones, device=device, npz_dir=args.npz_dir
     )
+    metrics["protocol"] = args.protocol
     metrics["semantic"] = semantic_fidelity(
         model, eval_batches(data, args.batch_size), device=device
     )
@@ -413,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="also write the metrics JSON here")
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05 FID weights file")
     p.add_argument("--lpips-weights", help="torchvision VGG16 weights file for LPIPS")
+    p.add_argument(
+        "--protocol",
+        choices=("llamagen", "pytorch-fid"),
+        default="llamagen",
+        help="llamagen (the paper's): ADM's center_crop_arr preprocessing; pytorch-fid: bicubic "
+        "resize + centre crop. rfid is pytorch-fid's Inception in both; see docs/evaluation.md",
+    )
+    p.add_argument(
+        "--npz-dir",
+        type=Path,
+        help="write inputs.npz and reconstructions.npz (uint8 arr_0) for ADM's TF evaluator",
+    )
     p.add_argument(
         "--random-backbones",
         action="store_true",

@@ -71,7 +71,13 @@ from semhitok_plugin.config import (
     PositiveInt,
     check_fields,
 )
-from semhitok_plugin.images import SkippedImages, center_crop, load_image, to_tensor
+from semhitok_plugin.images import (
+    SkippedImages,
+    adm_center_crop,
+    center_crop,
+    load_image,
+    to_tensor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class DataSourceError(ConfigError):
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
 SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
-CROPS = ("random", "center")
+CROPS = ("random", "center", "adm")  # adm: ADM/LlamaGen evaluation preprocessing
 ASPECT_RATIOS = (3 / 4, 4 / 3)
 # Tags that keep the random streams of different purposes apart.
 _ORDER, _BUFFER, _AUGMENT = 0, 1, 2
@@ -198,10 +204,11 @@ class ImageStream:
 def eval_batches(
     config: DataConfig, batch_size: int, *, rank: int = 0, world_size: int = 1
 ) -> Iterator[dict]:
-    """One finite pass over the data (crop forced to "center", no flip), same batch dicts; the last
-    batch may be smaller. Rank ``r`` gets every ``world_size``-th file (or shard) from ``r`` on."""
+    """One finite pass over the data (crop "center" unless "adm", no flip), same batch dicts; the
+    last batch may be smaller. Rank ``r`` gets every ``world_size``-th file (or shard) from
+    ``r`` on."""
     _check_split(batch_size, rank, world_size)
-    config = replace(config, crop="center", flip=False)
+    config = replace(config, crop="adm" if config.crop == "adm" else "center", flip=False)
     source = _open_source(config.source)
     if isinstance(source, _Files):
         keys = ((0, index) for index in range(rank, len(source), world_size))
@@ -330,6 +337,8 @@ def _crop(img: Image.Image, config: DataConfig, entropy: tuple[int, ...]) -> tor
     size = config.image_size
     if config.crop == "center":
         img = center_crop(img, size)
+    elif config.crop == "adm":
+        img = adm_center_crop(img, size)
     else:
         rng = np.random.default_rng(entropy)
         box = _random_box(img.width, img.height, config.scale, rng)

@@ -431,6 +431,47 @@ class ReconstructionMetrics:
         }
 
 
+PROTOCOLS = ("llamagen", "pytorch-fid")
+NPZ_NAMES = ("inputs", "reconstructions")
+
+
+class NpzWriter:
+    """Images streamed into an ``.npz`` holding ``arr_0``: (N, H, W, 3) uint8, the file
+    LlamaGen's ``val_ddp.py`` writes and ADM's ``evaluations/c2i/evaluator.py`` reads. Batches
+    go to a raw file first, so 50,000 images never sit in memory; the header, which needs N,
+    is written when the file is closed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.raw = open(self.path.with_suffix(".raw.tmp"), "w+b")  # noqa: SIM115 (closed in close)
+        self.shape: tuple[int, ...] | None = None
+        self.count = 0
+
+    def write(self, images: torch.Tensor) -> None:
+        """(B, 3, H, W) in [-1, 1], quantised as a saved image is."""
+        arrays = to_uint8(images).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        self.shape = arrays.shape[1:]
+        self.raw.write(arrays.tobytes())
+        self.count += len(arrays)
+
+    def close(self) -> Path:
+        import zipfile
+
+        self.raw.seek(0)
+        header = {"descr": "|u1", "fortran_order": False, "shape": (self.count, *self.shape)}
+        with (
+            zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+            archive.open("arr_0.npy", "w", force_zip64=True) as member,
+        ):
+            np.lib.format.write_array_header_2_0(member, header)
+            while chunk := self.raw.read(1 << 24):
+                member.write(chunk)
+        self.raw.close()
+        Path(self.raw.name).unlink()
+        return self.path
+
+
 class CodebookUsage:
     """Exact usage of the semantic, pixel (in-sub-codebook) and flat ids over a set of images."""
 
@@ -499,13 +540,18 @@ def evaluate_reconstruction(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    npz_dir: Path | None = None,
 ) -> dict:
     """rFID, PSNR, SSIM, LPIPS and codebook usage of ``model`` over ``batches``, in one pass.
 
     ``batches`` yield ``{"images": (B, 3, S, S) float in [-1, 1], "skipped": int, ...}`` at the
     model's image size; the model and the backbones must already be on ``device``. The result is
-    JSON-serialisable (see the module docstring for every metric's definition).
+    JSON-serialisable (see the module docstring for every metric's definition). ``npz_dir``
+    also writes ``inputs.npz`` and ``reconstructions.npz`` for ADM's TensorFlow evaluator.
     """
+    npz = {}
+    if npz_dir is not None:
+        npz = {name: NpzWriter(Path(npz_dir) / f"{name}.npz") for name in NPZ_NAMES}
     metrics = ReconstructionMetrics(backbones)
     usage = CodebookUsage(model.codebook_size, model.sub_codebook_size, device)
     evaluated = _EvalPass(model, _progress(batches, progress, "eval-recon"), device)
@@ -516,7 +562,11 @@ def evaluate_reconstruction(
             recon = model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1)
         usage.update(out.sem_ids, out.pix_ids, out.flat_ids)
         metrics.update(images, recon)
+        for name, writer in npz.items():
+            writer.write(images if name == "inputs" else recon)
     result = metrics.compute()
+    if npz:
+        result["npz"] = {name: str(writer.close()) for name, writer in npz.items()}
     result["usage"] = usage.compute()
     result["skipped"] = evaluated.skipped
     result["backbones"] = RANDOM_NOTE if backbones.random else PRETRAINED
@@ -580,6 +630,7 @@ def semantic_fidelity(
 __all__ = [
     "FID_DIMS",
     "INCEPTION_FILE",
+    "PROTOCOLS",
     "PSNR_MAX_DB",
     "RANDOM_NOTE",
     "VGG16_FILE",
@@ -588,6 +639,7 @@ __all__ = [
     "FrechetStats",
     "MetricBackbones",
     "MetricWeightsError",
+    "NpzWriter",
     "ReconstructionMetrics",
     "evaluate_reconstruction",
     "fid_inception",

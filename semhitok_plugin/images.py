@@ -159,6 +159,18 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
 
 
+def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """ADM's ``center_crop_arr``, the preprocessing of LlamaGen's reconstruction evaluation and
+    so of the paper's rFID: halve with a box filter while the shorter side is at least twice
+    ``size``, resize the shorter side to ``size`` (bicubic, rounded), crop the centre (floor)."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """Same-size RGB PIL images -> (B, 3, H, W) float in [-1, 1]."""
     arrays = np.stack([np.asarray(img) for img in images])
