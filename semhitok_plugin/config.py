@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 CONCAT_MODES = ("channel", "sequence", "none", "semantic")
 RECON_LOSSES = ("l1", "l2")
+QUANTIZERS = ("ema", "vanilla", "norm")  # semantic codebook update rules (Tab. 9 "VQ type")
 
 
 class ConfigError(ValueError):
@@ -253,6 +254,15 @@ class SemanticConfig:
 
     codebook_size: PositiveInt = 16384
     code_dim: PositiveInt = 48
+    # Update rule of the codebook, Tab. 9 "VQ type": "ema" (Eq. 4), "vanilla" (gradient,
+    # Euclidean) or "norm" (gradient, l2-normalised, LlamaGen's VQ). The paper finds EMA best and
+    # Norm worst ("Norm VQ is not suitable for semantic discretization"). That sentence is about
+    # the gradient-trained normalised VQ, not about normalisation under EMA: the paper's EMA
+    # codebook "follows VQKD", whose EMA codebook is l2-normalised with cosine search. So the
+    # default is EMA with l2_norm on, VQ-KD's codebook; l2_norm off (EMA in Euclidean space) is
+    # the other reading of "normalization hurts", measured in docs/ablation.md.
+    quantizer: Annotated[str, OneOf(QUANTIZERS)] = "ema"
+    l2_norm: bool = True  # "ema" only; "norm" always normalises, "vanilla" never
     # EMA momentum of Eq. (4).
     ema_decay: Annotated[float, Bounds(ge=0, lt=1)] = 0.99
     commitment_weight: NonNegativeFloat = 0.25

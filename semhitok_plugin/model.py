@@ -78,6 +78,8 @@ class SemHiTok(nn.Module):
         self.semantic_codebook = SemanticCodebook(
             sem.codebook_size,
             sem.code_dim,
+            quantizer=sem.quantizer,
+            l2_norm=sem.l2_norm,
             decay=sem.ema_decay,
             commitment_weight=sem.commitment_weight,
             kmeans_init=sem.kmeans_init,
@@ -219,7 +221,7 @@ class SemHiTok(nn.Module):
             cosine = F.cosine_similarity(self.semantic_decoder(sem.quantized), target, -1)
             distill = 1 - cosine.mean()
             terms = {"distill": distill, **sem.losses}
-            return StageOutput(distill + sem.losses["commitment"], terms)
+            return StageOutput(distill + sum(sem.losses.values()), terms)
         with torch.no_grad():
             _, sem = self.distill(x)
         with torch.set_grad_enabled(stage == "pixel" and torch.is_grad_enabled()):
@@ -232,9 +234,10 @@ class SemHiTok(nn.Module):
 
     @staticmethod
     def stage_module_names(stage: str) -> tuple[str, ...]:
-        """Submodules trained by gradient in ``stage`` (the semantic codebook learns by EMA)."""
+        """Submodules trained in ``stage`` (an EMA semantic codebook has no parameters: it
+        learns in the forward; the ``vanilla`` and ``norm`` ones learn by gradient)."""
         names = {
-            "semantic": ("semantic_proj", "semantic_decoder"),
+            "semantic": ("semantic_proj", "semantic_codebook", "semantic_decoder"),
             "pixel": ("pixel_encoder", "pixel_quantizer", "pixel_decoder"),
             "decoder": ("pixel_decoder",),
         }

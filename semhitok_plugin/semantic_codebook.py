@@ -15,6 +15,15 @@ Update rule, for each code k assigned n_k > 0 inputs in the (globally all-reduce
 ``e_k <- normalize(decay * e_k + (1 - decay) * normalize(mean of inputs assigned to k))``.
 Codes with n_k = 0 are left unchanged; a code idle for ``dead_code_patience`` consecutive updates
 is moved onto a random input vector of the batch (drawn on rank 0 and broadcast).
+
+``quantizer`` selects the update rule of the paper's Tab. 9 ablation; init (k-means) and
+restarts are the same for all three, so only the rule differs:
+
+* ``ema`` (default): the rule above. ``l2_norm=True`` is VQ-KD's codebook (cosine search,
+  normalised inputs and codes), which the paper says it follows; ``l2_norm=False`` searches and
+  averages in Euclidean space.
+* ``vanilla``: a parameter trained by gradient (codebook loss ``|q - sg(z)|^2``), Euclidean.
+* ``norm``: as ``vanilla`` on l2-normalised inputs and codes (LlamaGen's "normalised VQ").
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import QUANTIZERS
 from .distributed import all_reduce_sum_, broadcast_
 from .usage import CodeUsage
 
@@ -61,6 +71,8 @@ class SemanticCodebook(nn.Module):
         codebook_size: int,
         dim: int,
         *,
+        quantizer: str = "ema",
+        l2_norm: bool = True,
         decay: float = 0.99,
         commitment_weight: float = 0.25,
         kmeans_init: bool = True,
@@ -75,7 +87,16 @@ class SemanticCodebook(nn.Module):
         self.kmeans_iters = kmeans_iters if kmeans_init else 0
         self.dead_code_patience = dead_code_patience
         self.chunk_size = chunk_size
-        self.register_buffer("codebook", F.normalize(torch.randn(codebook_size, dim), dim=-1))
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        self.quantizer = quantizer
+        self.l2_norm = quantizer == "norm" or (quantizer == "ema" and l2_norm)
+        codes = torch.randn(codebook_size, dim)
+        codes = F.normalize(codes, dim=-1) if self.l2_norm else codes
+        if quantizer == "ema":
+            self.register_buffer("codebook", codes)
+        else:  # the same state-dict key, trained by the optimizer
+            self.codebook = nn.Parameter(codes)
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self._init_checked = False
         # Consecutive updates in which each code was not selected by any rank.
@@ -97,22 +118,31 @@ class SemanticCodebook(nn.Module):
         outside (a loaded state, or a skipped step that put back the k-means init)."""
         self._init_checked = False
 
+    def _prepare(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z, dim=-1) if self.l2_norm else z
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.codebook)
+        """Code vectors of ``ids``; normalised after the gather, so restarts may edit the
+        parameter after the lookup without invalidating what autograd saved."""
+        q = F.embedding(ids, self.codebook)
+        return F.normalize(q, dim=-1) if self.quantizer == "norm" else q
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the most similar code for each row of ``z`` (N, dim), l2-normalised.
+        """Index of the nearest code for each row of ``z`` (N, dim), already prepared (cosine
+        when l2-normalised, else Euclidean: argmax of z.e - |e|^2 / 2).
 
         The similarity matrix is built ``chunk_size`` rows at a time, so peak memory is
         chunk_size x K, not N x K.
         """
-        return torch.cat([(c @ self.codebook.T).argmax(-1) for c in z.split(self.chunk_size)])
+        codes = self._prepare(self.codebook.detach())
+        bias = 0 if self.l2_norm else codes.square().sum(-1) / 2
+        return torch.cat([(c @ codes.T - bias).argmax(-1) for c in z.split(self.chunk_size)])
 
     @full_precision
     def forward(self, z: torch.Tensor, *, update: bool = False) -> QuantizerOutput:
         """Quantize ``z`` (..., dim). ``update=True`` applies one EMA step (training only)."""
-        z = F.normalize(z.to(self.codebook.dtype), dim=-1)
+        z = self._prepare(z.to(self.codebook.dtype))
         flat = z.reshape(-1, self.dim)
         if update and not self._init_checked:  # read the buffer once, not every step
             if not self.initialized:
@@ -124,10 +154,10 @@ class SemanticCodebook(nn.Module):
         if update:
             self._ema_update(flat.detach(), ids)
         q = q.view_as(z)
-        commit = self.commitment_weight * F.mse_loss(z, q.detach())
-        return QuantizerOutput(
-            straight_through(z, q), ids.view(z.shape[:-1]), {"commitment": commit}
-        )
+        losses = {"commitment": self.commitment_weight * F.mse_loss(z, q.detach())}
+        if self.quantizer != "ema":
+            losses["codebook"] = F.mse_loss(q, z.detach())
+        return QuantizerOutput(straight_through(z, q), ids.view(z.shape[:-1]), losses)
 
     def _batch_stats(self, flat: torch.Tensor, ids: torch.Tensor):
         counts = flat.new_zeros(self.codebook_size).index_add_(0, ids, flat.new_ones(len(ids)))
@@ -136,11 +166,14 @@ class SemanticCodebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
+        """The EMA step (``ema`` only), idle counters and restarts (all rules)."""
         counts, sums = self._batch_stats(flat, ids)
         used = counts > 0
-        target = F.normalize(sums, dim=-1)  # normalize(mean) == normalize(sum)
-        moved = F.normalize(self.decay * self.codebook + (1 - self.decay) * target, dim=-1)
-        self.codebook.copy_(torch.where(used[:, None], moved, self.codebook))
+        if self.quantizer == "ema":
+            # normalize(mean) == normalize(sum)
+            target = self._prepare(sums / counts.clamp(min=1)[:, None])
+            moved = self._prepare(self.decay * self.codebook + (1 - self.decay) * target)
+            self.codebook.copy_(torch.where(used[:, None], moved, self.codebook))
         self.idle_steps.copy_(torch.where(used, 0, self.idle_steps + 1))
         if self.dead_code_patience:
             self._restart_dead_codes(flat)
@@ -157,11 +190,12 @@ class SemanticCodebook(nn.Module):
 
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
-        """Spherical k-means over the first training batch (all ranks' data, rank 0's seeds)."""
+        """k-means (spherical when l2-normalised) over the first training batch (all ranks' data,
+        rank 0's seeds)."""
         picks = torch.randint(len(flat), (self.codebook_size,), device=flat.device)
         self.codebook.copy_(broadcast_(flat[picks].contiguous()))
         for _ in range(self.kmeans_iters):
             counts, sums = self._batch_stats(flat, self.nearest(flat))
-            centers = F.normalize(sums, dim=-1)
+            centers = self._prepare(sums / counts.clamp(min=1)[:, None])
             self.codebook.copy_(torch.where((counts > 0)[:, None], centers, self.codebook))
         self.initialized.fill_(True)
