@@ -2,11 +2,15 @@
 
 MODEL is a preset name (random weights from ``--seed``; teacher weights from the preset or
 ``--teacher-weights``), a directory written by ``save_pretrained``, or a hub repo id. Token files
-are described in :mod:`semhitok_plugin.token_files`. Images are given as files, folders
-(searched recursively) or ``.txt`` / ``.jsonl`` lists, as for ``eval-recon --data``. Unreadable
-images are reported by name and make the exit status 1; the other images are still processed.
-Encoding keeps nothing per image but its ids, shows a progress bar on stderr and ends with a
-line counting encoded and failed images.
+and token sets are described in :mod:`semhitok_plugin.token_files`. Images are given as files,
+folders (searched recursively) or ``.txt`` / ``.jsonl`` lists, as for ``eval-recon --data``, and
+``encode`` also reads WebDataset tar shards. Unreadable images are reported by name and make the
+exit status 1; the other images are still processed. Encoding keeps nothing per image but its
+ids, shows a progress bar on stderr and ends with a line counting encoded and failed images.
+
+Under torchrun (``torchrun --nproc_per_node G -m semhitok_plugin.cli encode INPUTS -o DIR``)
+``encode`` writes a sharded token set to DIR instead of one file, each rank on its own device,
+resumable by running the same command again (:mod:`semhitok_plugin.sharded_encode`).
 """
 
 from __future__ import annotations
@@ -15,20 +19,33 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import CheckpointWriteError
 from .config import ConfigError
+from .distributed import launched, process_group
 from .hub import WeightsNotFoundError, resolve_file
 from .ids import TokenIdError
-from .images import SkippedImages, center_crop, load_image, to_pil, to_tensor
+from .images import to_pil
 from .model import CheckpointMismatchError, SemHiTok, load_model, resolve_config
 from .plugins import available_presets
+from .sharded_encode import (
+    DEFAULT_SHARD_SIZE,
+    PRECISIONS,
+    Chunk,
+    EncodedBatch,
+    encode_chunks,
+    encode_set,
+    file_count,
+    plan_chunks,
+    resolve_precision,
+)
 from .token_files import TokenFileError, output_names, read_tokens, write_tokens
 from .visualize import grid, token_map
 
@@ -60,17 +77,17 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _model(args: argparse.Namespace) -> SemHiTok:
+def _model(args: argparse.Namespace, device: torch.device | None = None) -> SemHiTok:
     model = load_model(args.model, teacher_weights=args.teacher_weights, seed=args.seed)
-    return model.to(pick_device(args.device))
+    return model.to(device or pick_device(args.device))
 
 
-def _read_images(paths: Sequence[Path], size: int, failures: list[str]):
+def _report_unreadable(failures: list[str]) -> Callable[[str, str], None]:
     def report(name: str, reason: str) -> None:
         tqdm.write(f"error: cannot read image {name!r}: {reason}", file=sys.stderr)  # own line
         failures.append(name)
 
-    return SkippedImages(report=report).readable(paths, lambda p: center_crop(load_image(p), size))
+    return report
 
 
 def batched(items: Iterator, batch_size: int) -> Iterator[list]:
@@ -85,41 +102,51 @@ def batched(items: Iterator, batch_size: int) -> Iterator[list]:
         yield batch
 
 
-def _expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Image paths from the command line's files, folders and list files, in order. Only the
-    paths are materialised (the progress bar needs the total); images are read one batch at a
-    time."""
-    paths: list[Path] = []
-    for path in inputs:
-        if path.is_dir() or path.suffix in (".txt", ".jsonl"):
-            from .data import image_files  # the folder / list rules of ``--data``
-
-            paths += image_files(path)
-        else:
-            paths.append(path)
-    return paths
+def _image_names(chunks: list[Chunk], what: str) -> list[str]:
+    """The names of the images of ``chunks``, for ``what``, which needs them before encoding:
+    a tar's members are only known once read, so tar shards are refused."""
+    if file_count(chunks) is None:
+        raise ConfigError(f"{what} takes image files, folders or lists, not tar shards")
+    return [str(path) for chunk in chunks for path in chunk.files]
 
 
-def _encode_files(model: SemHiTok, paths: Sequence[Path], batch_size: int, failures: list[str]):
-    """Yield (paths, PIL crops, TokenizerOutput) per batch. Nothing outlives its batch here, so
-    memory stays flat however many images there are. Progress (read and failed images) goes to
-    stderr, then one line with the counts and the rate."""
-    device = next(model.parameters()).device
-    images = _read_images(paths, model.config.image_size, failures)
+def _encode_files(
+    model: SemHiTok,
+    chunks: list[Chunk],
+    failures: list[str],
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    precision: str = "fp32",
+) -> Iterator[EncodedBatch]:
+    """The batches of one process's pass (:func:`sharded_encode.encode_chunks`), then one line
+    on stderr with the counts and the rate."""
+    total = file_count(chunks)
     start, done = time.perf_counter(), 0
-    with tqdm(total=len(paths), unit="img", disable=len(paths) < 2 * batch_size) as bar:
-        for batch in batched(images, batch_size):
-            names, crops = zip(*batch, strict=True)
-            yield names, crops, model.encode(to_tensor(list(crops)).to(device))
-            done += len(batch)
-            bar.update(done + len(failures) - bar.n)
-        bar.update(done + len(failures) - bar.n)
-    seconds = time.perf_counter() - start
+    for batch in encode_chunks(
+        model,
+        list(enumerate(chunks)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        report=_report_unreadable(failures),
+        progress=total is None or total >= 2 * batch_size,
+    ):
+        yield batch
+        done += len(batch.names)
+    _print_counts(done, len(failures), time.perf_counter() - start)
+
+
+def _print_counts(done: int, failed: int, seconds: float, suffix: str = "") -> None:
     print(
-        f"encoded {done} of {len(paths)} images in {seconds:.1f} s "
-        f"({done / max(seconds, 1e-9):.1f} images/s), {len(failures)} failed",
+        f"encoded {done} of {done + failed} images in {seconds:.1f} s "
+        f"({done / max(seconds, 1e-9):.1f} images/s){suffix}, {failed} failed",
         file=sys.stderr,
     )
+
+
+def _device(model: SemHiTok) -> torch.device:
+    return next(model.parameters()).device
 
 
 SHOWN_FAILURES = 10  # each failure was already named as it happened
@@ -192,34 +219,90 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    paths = _expand_inputs(args.images)  # a bad list fails before the model is built
+    sharded = launched()
+    # a bad list fails before the model is built
+    chunks = plan_chunks(args.images, args.shard_size if sharded else None)
+    if sharded:
+        return _encode_set(args, chunks)
+    png_names = _png_names(_image_names(chunks, "--token-maps")) if args.token_maps else {}
     model, failures = _model(args), []
-    ids = np.empty((len(paths), *model.grid_size), dtype=np.int32)  # the only per-image state
-    png_names = _png_names(paths)
+    precision = resolve_precision(args.precision, _device(model), sharded=False)
+    parts: list[np.ndarray] = []  # the ids: the only per-image state
     names: list[str] = []
-    for batch_names, crops, out in _encode_files(model, paths, args.batch_size, failures):
-        ids[len(names) : len(names) + len(batch_names)] = out.flat_ids.cpu().numpy()
-        names += [str(n) for n in batch_names]
+    for batch in _encode_files(
+        model,
+        chunks,
+        failures,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        precision=precision,
+    ):
+        if batch.out is None:
+            continue
+        parts.append(batch.out.flat_ids.cpu().numpy().astype(np.int32))
+        names += batch.names
         if args.token_maps:
-            pngs = [png_names[p] for p in batch_names]
-            _save_token_maps(args.token_maps, pngs, crops, out.sem_ids, model)
+            pngs = [png_names[n] for n in batch.names]
+            _save_token_maps(args.token_maps, pngs, batch.crops, batch.out.sem_ids, model)
     if names:
-        write_tokens(args.output, torch.from_numpy(ids[: len(names)]), names, model)
-        print(f"wrote {len(names)} token maps of {model.grid_size} to {args.output}")
+        path = write_tokens(
+            args.output or Path("tokens.npz"),
+            torch.from_numpy(np.concatenate(parts)),
+            names,
+            model,
+            precision=None if precision == "fp32" else precision,  # fp32: the file as always
+        )
+        print(f"wrote {len(names)} token maps of {model.grid_size} to {path}")
     return _exit_status(failures, len(names))
+
+
+def _encode_set(args: argparse.Namespace, chunks: list[Chunk]) -> int:
+    """This rank's part of ``encode`` under torchrun: a sharded token set in ``args.output``."""
+    if args.token_maps:
+        raise ConfigError("--token-maps is for a single token file (a run without torchrun)")
+    output = args.output or Path("tokens")
+    if output.suffix == ".npz":
+        raise ConfigError(
+            f"-o {output}: under torchrun encode writes a token set, a directory; give a "
+            "name without .npz (a run without torchrun writes one .npz file)"
+        )
+    with process_group(args.device) as (launch, device):
+        model, failures = _model(args, device), []
+        result = encode_set(
+            model,
+            chunks,
+            output,
+            launch=launch,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            precision=resolve_precision(args.precision, device, sharded=True),
+            report=_report_unreadable(failures),
+            progress=launch.rank == 0,
+        )
+    if launch.rank != 0:
+        return 0  # rank 0 reports for the set
+    kept = f"; {result.kept} shards kept from an earlier run" if result.kept else ""
+    ranks = f" on {launch.world_size} rank{'s' if launch.world_size > 1 else ''}"
+    _print_counts(result.encoded, result.failed, result.seconds, ranks + kept)
+    index = result.index
+    print(
+        f"wrote {len(index.images)} token maps of {index.source.grid} in "
+        f"{len(index.shards)} shards to {output} (index {index.path})"
+    )
+    return _exit_status([name for name, _ in index.failures], len(index.images))
 
 
 def _save_token_maps(directory: Path, pngs, crops, sem_ids, model: SemHiTok) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for png, crop, ids in zip(pngs, crops, sem_ids, strict=True):
-        token_map(ids, model.config.image_size, crop).save(directory / png)
+        token_map(ids, model.config.image_size, Image.fromarray(crop.numpy())).save(directory / png)
 
 
-def _png_names(paths: Sequence[Path], reserved: tuple[str, ...] = ()) -> dict[Path, str]:
-    """One distinct output PNG name per input path (``token_files.output_names``): two inputs
+def _png_names(names: Sequence[str], reserved: tuple[str, ...] = ()) -> dict[str, str]:
+    """One distinct output PNG name per input image (``token_files.output_names``): two inputs
     with the same stem in different folders, or one named like a ``reserved`` file, do not
     overwrite each other."""
-    return dict(zip(paths, output_names([str(p) for p in paths], reserved), strict=True))
+    return dict(zip(names, output_names(list(names), reserved), strict=True))
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -240,18 +323,22 @@ GRID_ROWS = 16  # grid.png shows the first images only: one row each would grow 
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    paths = _expand_inputs(args.images)  # a bad list fails before the model is built
+    chunks = plan_chunks(args.images)  # a bad list fails before the model is built
+    png_names = _png_names(_image_names(chunks, "reconstruct"), reserved=("grid",))
     model, failures = _model(args), []
     args.output.mkdir(parents=True, exist_ok=True)
     rows, done = [], 0
-    png_names = _png_names(paths, reserved=("grid",))
-    for names, crops, out in _encode_files(model, paths, args.batch_size, failures):
+    for batch in _encode_files(model, chunks, failures, batch_size=args.batch_size):
+        if batch.out is None:
+            continue
+        out = batch.out
         recons = to_pil(model.decode_features(out.sem_features, out.pix_features).clamp(-1, 1))
-        for name, crop, recon, ids in zip(names, crops, recons, out.sem_ids, strict=True):
+        crops = [Image.fromarray(c.numpy()) for c in batch.crops]
+        for name, crop, recon, ids in zip(batch.names, crops, recons, out.sem_ids, strict=True):
             recon.save(args.output / png_names[name])
             if len(rows) < GRID_ROWS:
                 rows.append([crop, recon, token_map(ids, model.config.image_size, crop)])
-        done += len(names)
+        done += len(batch.names)
     if rows:
         grid(rows).save(args.output / "grid.png")
         print(
@@ -354,6 +441,12 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def _non_negative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semhitok", description=__doc__.split("\n\n")[0])
@@ -376,12 +469,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_info)
 
     p = with_model(sub.add_parser("encode", help="images -> token file (.npz, int32 ids)"))
-    p.add_argument("images", nargs="+", type=Path, help=IMAGES_HELP)
-    p.add_argument("-o", "--output", type=Path, default=Path("tokens.npz"))
+    p.add_argument("images", nargs="+", type=Path, help=IMAGES_HELP + ", or tar shards")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="token file (default tokens.npz); under torchrun, the token set's directory "
+        "(default tokens)",
+    )
     p.add_argument("--token-maps", type=Path, help="also write semantic token maps (PNG) here")
+    p.add_argument(
+        "--num-workers", type=_non_negative_int, default=0, help="image decoding processes"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast for a token set on CUDA, else fp32",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=DEFAULT_SHARD_SIZE,
+        help="torchrun: image files per shard (each tar is one shard)",
+    )
     p.set_defaults(fn=cmd_encode)
 
-    p = with_model(sub.add_parser("decode", help="token file -> images (PNG)"))
+    p = with_model(sub.add_parser("decode", help="token file or token set -> images (PNG)"))
     p.add_argument("tokens", type=Path)
     p.add_argument("-o", "--output", type=Path, default=Path("decoded"))
     p.add_argument(
