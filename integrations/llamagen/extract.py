@@ -19,13 +19,29 @@ preprocessing, augmentations and files; see :mod:`semhitok_llamagen.dataset` for
 
 Unreadable images are skipped (and listed in ``imagenet{S}_skipped.txt``); the source of every
 written index goes to ``imagenet{S}_sources.txt``, which also makes a rerun resume where it
-stopped. Differences from upstream: one process (no DDP), batched, no CUDA requirement.
+stopped.
+
+Under torchrun it runs one process per GPU, as upstream does::
+
+    torchrun --nproc_per_node 8 -m semhitok_llamagen.extract --model ... --data-path ...
+
+and writes exactly the files one process writes: the images still to do (``todo``, ImageFolder
+order) are split by position, rank ``r`` of ``W`` encoding ``todo[j]`` for ``j % W == r`` into
+``imagenet{S}_staging/{j}.npy`` (or ``{j}.skip`` with the reason for an unreadable one). Once
+every rank has finished, the readable ones are numbered in order (only then is an image's ``i``
+known) and each rank renames its staged codes to ``{i}.npy`` and writes the labels; rank 0
+appends the sources and skipped lists and the metadata and removes the staging folder. Staged
+files are written whole (temporary file, then rename), so a killed run resumes from them with
+any number of ranks. The code path must be on a filesystem every node sees. Differences from
+upstream: batched, no CUDA requirement, resumable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +55,9 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from semhitok_plugin import SemHiTok, load_model
+from semhitok_plugin.distributed import Launch, barrier, process_group
 from semhitok_plugin.images import SkippedImages, load_image
+from semhitok_plugin.token_files import replace_atomically
 
 from .dataset import DATASET_PREFIX, code_dirs, path_problems
 
@@ -142,7 +160,11 @@ def extract(
     num_workers: int = 0,
     progress: bool = True,
     check_path: bool = True,
+    launch: Launch | None = None,
 ) -> ExtractResult:
+    """Encode the images of ``data_path`` not yet under ``code_path``; every rank of a launch
+    calls it with the same arguments (see the module docstring), and gets the same result."""
+    launch = launch or Launch()
     image_size = image_size or model.config.image_size
     if image_size != model.config.image_size:
         raise ValueError(
@@ -160,46 +182,101 @@ def extract(
     root = Path(code_path)
     sources_file = root / f"{DATASET_PREFIX}{image_size}_sources.txt"
     skipped_file = root / f"{DATASET_PREFIX}{image_size}_skipped.txt"
+    if launch.rank == 0:
+        resume_state(sources_file, codes_dir, labels_dir)  # drops a torn tail of the list
+    barrier()
     done = resume_state(sources_file, codes_dir, labels_dir)
-    skipped_before = read_lines(skipped_file)
-
     folder = ImageFolder(str(data_path))  # lists (path, class index) in sorted order
     samples = folder.samples[:limit] if limit is not None else folder.samples
-    seen = set(done) | set(skipped_before)
+    seen = set(done) | set(read_lines(skipped_file))
     todo = [s for s in samples if s[0] not in seen]
-    result = ExtractResult(resumed=len(done), num_aug=10 if ten_crop else 2)
-    result.grid, result.vocab_size = tuple(model.grid_size), model.vocab_size
+    staging = Staging(
+        root / f"{DATASET_PREFIX}{image_size}_staging",
+        [p for p, _ in todo],
+        f"{model.name_or_path} {dtype} ten_crop={ten_crop} crop_range={crop_range}",
+    )
+    if launch.rank == 0:
+        staging.prepare()
+    barrier()
+    ours = range(launch.rank, len(todo), launch.world_size)
+    mine = [j for j in ours if not staging.finished(j)]
     model = model.to(device).eval()
     loader = DataLoader(
-        SafeImages(todo, LlamaGenTransform(image_size, ten_crop, crop_range)),
+        SafeImages([todo[j] for j in mine], LlamaGenTransform(image_size, ten_crop, crop_range)),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate,
     )
-    index = len(done)
-    bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not progress)
-    with open(sources_file, "a") as sources, open(skipped_file, "a") as skipped:
-        for images, labels, paths, bad in loader:
-            for path, reason in bad:
-                print(f"skipping unreadable {path} ({reason})", file=sys.stderr)
-                skipped.write(path + "\n")
-                result.skipped.append(path)
-            if images is not None:
-                ids = encode_augmented(model, images.to(device), ten_crop).cpu().numpy()
-                for codes, label, path in zip(ids, labels, paths, strict=True):
-                    np.save(codes_dir / f"{index}.npy", codes[None].astype(DTYPES[dtype]))
-                    np.save(labels_dir / f"{index}.npy", np.array([label], dtype=np.int64))
-                    sources.write(path + "\n")  # after both files: a crash rewrites this index
-                    index += 1
-                    result.written += 1
-            sources.flush()
-            skipped.flush()
-            bar.update(len(paths) + len(bad))
+    position = {todo[j][0]: j for j in mine}
+    bar = tqdm(total=len(mine), unit="img", desc="extracting", disable=not progress)
+    for images, _, paths, bad in loader:
+        for path, reason in bad:
+            print(f"skipping unreadable {path} ({reason})", file=sys.stderr)
+            staging.skip(position[path], reason)
+        if images is not None:
+            ids = encode_augmented(model, images.to(device), ten_crop).cpu().numpy()
+            for codes, path in zip(ids, paths, strict=True):
+                staging.stage(position[path], codes[None].astype(DTYPES[dtype]))
+        bar.update(len(paths) + len(bad))
     bar.close()
-    result.total = index
-    meta = root / f"{DATASET_PREFIX}{image_size}_semhitok.json"
-    write_meta(meta, model, result, dtype, ten_crop, crop_range)
+    barrier()  # every image of todo is staged: the files can be numbered
+    readable = [j for j in range(len(todo)) if staging.finished(j) and not staging.skipped(j)]
+    number = {j: len(done) + k for k, j in enumerate(readable)}
+    barrier()  # every rank has numbered the files before any staged file moves
+    for j in ours:
+        if j in number:
+            os.replace(staging.codes(j), codes_dir / f"{number[j]}.npy")
+            np.save(labels_dir / f"{number[j]}.npy", np.array([todo[j][1]], dtype=np.int64))
+    barrier()
+    result = ExtractResult(resumed=len(done), num_aug=10 if ten_crop else 2)
+    result.grid, result.vocab_size = tuple(model.grid_size), model.vocab_size
+    result.written, result.total = len(readable), len(done) + len(readable)
+    result.skipped = [todo[j][0] for j in range(len(todo)) if staging.skipped(j)]
+    if launch.rank == 0:  # the sources last: a crash before here re-encodes, never misnumbers
+        with open(sources_file, "a") as sources, open(skipped_file, "a") as skipped:
+            sources.writelines(todo[j][0] + "\n" for j in readable)
+            skipped.writelines(path + "\n" for path in result.skipped)
+        meta = root / f"{DATASET_PREFIX}{image_size}_semhitok.json"
+        write_meta(meta, model, result, dtype, ten_crop, crop_range)
+        staging.remove()
     return result
+
+
+class Staging:
+    """The staging folder of a run: ``{j}.npy`` (codes of ``todo[j]``, as they will be saved)
+    or ``{j}.skip`` (why ``todo[j]`` is unreadable), and ``todo.txt``: the settings (``key``)
+    and the list the positions ``j`` refer to. Files staged for other settings or another list
+    are discarded."""
+
+    def __init__(self, directory: Path, todo: list[str], key: str) -> None:
+        self.directory, self.todo, self.key = directory, todo, key
+
+    def prepare(self) -> None:
+        manifest = self.directory / "todo.txt"
+        listed = "".join(f"{line}\n" for line in [f"# {self.key}", *self.todo])
+        if manifest.exists() and manifest.read_text() == listed:
+            return
+        self.remove()
+        self.directory.mkdir(parents=True)
+        replace_atomically(manifest, lambda f: f.write(listed.encode()))
+
+    def codes(self, j: int) -> Path:
+        return self.directory / f"{j}.npy"
+
+    def stage(self, j: int, codes: np.ndarray) -> None:
+        replace_atomically(self.codes(j), lambda f: np.save(f, codes))
+
+    def skip(self, j: int, reason: str) -> None:
+        replace_atomically(self.directory / f"{j}.skip", lambda f: f.write(reason.encode()))
+
+    def skipped(self, j: int) -> bool:
+        return (self.directory / f"{j}.skip").exists()
+
+    def finished(self, j: int) -> bool:
+        return self.skipped(j) or self.codes(j).exists()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def resume_state(sources_file: Path, codes_dir: Path, labels_dir: Path) -> list[str]:
@@ -252,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         default="int32",
         help="code dtype (int64 = LlamaGen's, trains with no reader change)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="default: this rank's GPU (cuda:LOCAL_RANK), else the CPU")
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-path-check", action="store_true", help="allow a code path without 'flip'")
@@ -261,24 +338,28 @@ def main(argv: list[str] | None = None) -> int:
     if problems and not args.no_path_check:  # before loading a model that may be large
         p.error("; ".join(problems) + " (or pass --no-path-check)")
     model = load_model(args.model, teacher_weights=args.teacher_weights)
-    try:
-        r = extract(
-            model,
-            args.data_path,
-            args.code_path,
-            image_size=args.image_size,
-            ten_crop=args.ten_crop,
-            crop_range=args.crop_range,
-            batch_size=args.batch_size,
-            limit=args.limit,
-            dtype=args.dtype,
-            device=args.device,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            check_path=not args.no_path_check,
-        )
-    except ValueError as err:
-        p.error(str(err))
+    with process_group(args.device) as (launch, device):
+        try:
+            r = extract(
+                model,
+                args.data_path,
+                args.code_path,
+                image_size=args.image_size,
+                ten_crop=args.ten_crop,
+                crop_range=args.crop_range,
+                batch_size=args.batch_size,
+                limit=args.limit,
+                dtype=args.dtype,
+                device=device,
+                num_workers=args.num_workers,
+                progress=not args.no_progress and launch.rank == 0,
+                check_path=not args.no_path_check,
+                launch=launch,
+            )
+        except ValueError as err:
+            p.error(str(err))
+    if launch.rank != 0:
+        return 0
     print(
         f"wrote {r.written} images ({r.resumed} already there, {len(r.skipped)} unreadable "
         f"skipped): {r.total} files of (1, {r.num_aug}, {r.grid[0] * r.grid[1]}) {args.dtype} "
