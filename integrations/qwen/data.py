@@ -11,6 +11,21 @@ Format: one JSON object per line (blank lines are ignored), of one of two kinds.
   understand (captioning, VQA, instructions); an ``<image>`` in an *assistant* turn is an image
   to generate (text-to-image), and its image ids carry loss. At least one assistant turn.
 
+Pre-tokenized images: an entry of ``images`` may instead name an image of a token set (what
+``semhitok encode`` writes under torchrun) or token file, so training reads its ids and never
+runs the tokenizer for it::
+
+    {"tokens": "tokens/coyo", "index": 17}             the 18th image of the set (input order)
+    {"tokens": "tokens/coyo", "source": "img/cat.jpg"} the image the set names so
+
+``tokens`` is a set's directory or ``index.json``, or a ``.npz`` token file, relative to the
+JSONL file or absolute; ``source`` is the image's name as the set records it (the path given to
+``semhitok encode``, or ``TARPATH/KEY``). Write the set with the MLLM's own tokenizer
+(``semhitok encode -m CKPT/semhitok ...``): its ids are what that tokenizer would give, so the
+sample is the same as with the image file. Grid and vocabulary are checked; the tokenizer's
+name is not (each MLLM checkpoint carries a copy under its own path), only warned about. An
+image that could not be read when the set was written is dropped like an unreadable file.
+
 Classifier-free guidance (paper §3.3): in a text-to-image sample (images in assistant turns only)
 the text of every user turn is replaced, with probability ``cfg_dropout``, by the model's
 ``unconditional_prompt``. The draw is a pure function of ``(seed, sample index)``: the same in
@@ -37,6 +52,7 @@ from torch.utils.data import Dataset
 
 from semhitok_plugin.config import ConfigError
 from semhitok_plugin.images import ImageReadError
+from semhitok_plugin.token_files import TokenFileError, TokenSet, same_model
 
 from .processor import IGNORE_INDEX, IMAGE_PLACEHOLDER, SemHiTokQwenProcessor
 
@@ -51,13 +67,24 @@ class DataFormatError(ConfigError):
 
 
 @dataclass(frozen=True)
+class TokenRef:
+    """A pre-tokenized image: position ``index`` of, or the image named ``source`` in, the
+    token set or file at ``tokens`` (a resolved path)."""
+
+    tokens: str
+    index: int | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
 class Record:
-    """One parsed JSONL line: plain ``text``, or ``messages`` with resolved image paths."""
+    """One parsed JSONL line: plain ``text``, or ``messages`` with resolved image paths or
+    references into token sets."""
 
     where: str  # "file:line", for messages about this sample
     text: str | None = None
     messages: tuple[dict, ...] = ()
-    images: tuple[str, ...] = ()
+    images: tuple[str | TokenRef, ...] = ()
 
     @property
     def generates_image(self) -> bool:
@@ -104,15 +131,36 @@ def _parse(line: str, path: Path, where: str) -> Record:
     if set(obj) - {"messages", "images"}:
         raise DataFormatError(f"{where}: unknown keys {sorted(set(obj) - {'messages', 'images'})}")
     _check_messages(messages, where)
-    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-        raise DataFormatError(f'{where}: "images" must be a list of file paths')
+    if not isinstance(images, list):
+        raise DataFormatError(f'{where}: "images" must be a list of file paths or token refs')
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
     if placeholders != len(images):
         raise DataFormatError(
             f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images"
         )
-    resolved = tuple(str(path.parent / image) for image in images)  # absolute paths stay
+    resolved = tuple(_image_entry(image, path.parent, where) for image in images)
     return Record(where, messages=tuple(messages), images=resolved)
+
+
+def _image_entry(entry: object, folder: Path, where: str) -> str | TokenRef:
+    """An image path, or a reference into a token set; paths relative to the JSONL's folder
+    (absolute paths stay)."""
+    if isinstance(entry, str):
+        return str(folder / entry)
+    keys = set(entry) if isinstance(entry, dict) else set()
+    if keys not in ({"tokens", "index"}, {"tokens", "source"}) or not isinstance(
+        entry["tokens"], str
+    ):
+        raise DataFormatError(
+            f'{where}: an image is a file path, {{"tokens": "<set>", "index": <int>}} or '
+            f'{{"tokens": "<set>", "source": "<name>"}}, got {json.dumps(entry)[:80]}'
+        )
+    index, source = entry.get("index"), entry.get("source")
+    if "index" in keys and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise DataFormatError(f'{where}: "index" must be an integer >= 0, got {index!r}')
+    if "source" in keys and not isinstance(source, str):
+        raise DataFormatError(f'{where}: "source" must be a string, got {source!r}')
+    return TokenRef(str(folder / entry["tokens"]), index, source)
 
 
 def _check_messages(messages: object, where: str) -> None:
@@ -141,7 +189,8 @@ class DroppedSample(Exception):
 
 class UnifiedDataset(Dataset):
     """``{"input_ids", "labels", "skipped"}`` per sample; images are tokenized on access with the
-    processor's SemHiTok (on the device it lives on)."""
+    processor's SemHiTok (on the device it lives on), pre-tokenized ones read from their token
+    sets (opened and checked here, against the tokenizer and every reference)."""
 
     def __init__(
         self,
@@ -158,6 +207,60 @@ class UnifiedDataset(Dataset):
             raise ConfigError(f"max_length must be >= 2, got {max_length}")
         self.records, self.processor = list(records), processor
         self.max_length, self.cfg_dropout, self.seed = max_length, cfg_dropout, seed
+        self.token_sets: dict[str, TokenSet] = {}
+        for record in self.records:
+            for image in record.images:
+                if isinstance(image, TokenRef):
+                    self._position(image, record.where)  # a bad reference fails here
+
+    def _token_set(self, path: str, where: str) -> TokenSet:
+        if path not in self.token_sets:
+            tokenizer = self.processor.image_tokenizer
+            try:
+                tokens = TokenSet(Path(path), tokenizer, allow_other_model=True)
+            except (TokenFileError, OSError) as err:
+                raise DataFormatError(f"{where}: {' '.join(str(err).split())}") from err
+            written_by = tokens.index.source.model if tokens.index else ""
+            if written_by and not same_model(written_by, tokenizer.name_or_path):
+                logger.warning(
+                    "%s was written by tokenizer %r; this MLLM's is %r: the ids are only right "
+                    "if they are the same tokenizer",
+                    path,
+                    written_by,
+                    tokenizer.name_or_path,
+                )
+            self.token_sets[path] = tokens
+        return self.token_sets[path]
+
+    def _position(self, ref: TokenRef, where: str) -> int | str:
+        """The position of ``ref``'s image in its set, or why it could not be read when the
+        set was written."""
+        tokens = self._token_set(ref.tokens, where)
+        if ref.index is not None:
+            if ref.index >= len(tokens):
+                raise DataFormatError(
+                    f"{where}: index {ref.index}, but {ref.tokens} holds {len(tokens)} images"
+                )
+            return ref.index
+        try:
+            return tokens.position(ref.source)
+        except KeyError:
+            if ref.source not in tokens.failures:
+                message = f"{where}: {ref.tokens} has no image {ref.source!r}"
+                raise DataFormatError(message) from None
+            return tokens.failures[ref.source]
+
+    def _image(self, image: str | TokenRef, where: str) -> str | torch.Tensor:
+        """A file path as is, or a reference's ids (h, w)."""
+        if not isinstance(image, TokenRef):
+            return image
+        position = self._position(image, where)
+        if isinstance(position, str):
+            raise DroppedSample("bad_image", f"{image.source!r} in {image.tokens}: {position}")
+        try:
+            return self.token_sets[image.tokens][position]
+        except TokenFileError as err:  # a shard missing or damaged since the set was checked
+            raise DataFormatError(f"{where}: {' '.join(str(err).split())}") from err
 
     def __len__(self) -> int:
         return len(self.records)
@@ -179,7 +282,7 @@ class UnifiedDataset(Dataset):
             }
         raise RuntimeError("no usable training sample: every sample was dropped (see warnings)")
 
-    def conversation(self, index: int) -> tuple[list[dict], tuple[str, ...]]:
+    def conversation(self, index: int) -> tuple[list[dict], tuple[str | TokenRef, ...]]:
         """Messages and images of a conversation sample as trained on (after CFG dropout)."""
         record = self.records[index]
         messages = [dict(m) for m in record.messages]
@@ -200,6 +303,7 @@ class UnifiedDataset(Dataset):
             ids = tok(record.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             return self._truncate(ids, list(ids))
         messages, images = self.conversation(index)
+        images = [self._image(image, record.where) for image in images]
         try:
             ids, labels = self.processor.tokenize_chat(messages, images)
         except ImageReadError as err:
@@ -286,6 +390,7 @@ __all__ = [
     "Collator",
     "DataFormatError",
     "Record",
+    "TokenRef",
     "UnifiedDataset",
     "read_jsonl",
     "write_sample_jsonl",
