@@ -1,28 +1,36 @@
 """A small-scale replication of the paper's Tab. 7 row 1 and Tab. 9 on the sample photos.
 
-One stage-1 semantic tokenizer is trained once (``configs/demo_cpu/stage1.yaml``); then every
-variant trains stage 2 from it with the identical budget (``--steps``, batch, lr, seed, data
-order), on the trainer's device (CUDA when present):
+Three parts (``--part``), each on the trainer's device (CUDA when present), every variant with
+the identical budget (``--steps``, batch, lr, seed, data order):
 
-* decoder input: semantic codes only (the semantic-codebook baseline), SGHC ``channel`` concat
-  (paper default), ``sequence`` concat, ``none`` (pixel codes only);
-* sub-codebook size m in {4, 8, 12} for ``channel``.
+* ``concat`` (Tab. 9 "Concat" and "Subc Size", Tab. 7 row 1): one stage-1 tokenizer
+  (``configs/demo_cpu/stage1.yaml``), then stage 2 per variant: semantic codes only, SGHC
+  ``channel`` (paper default), ``sequence``, ``none`` (pixel codes only); m in {4, 8, 12}.
+* ``vq-type`` (Tab. 9 "VQ type"): stage 1 per semantic update rule (EMA l2-normalised, EMA
+  Euclidean, vanilla, norm), then stage 2 on each. Reported: semantic cosine to the teacher and
+  semantic usage (what understanding sees), and PSNR after stage 2.
+* ``stage3-start``: from one stage-2 tokenizer (``--init``, else trained here), the decoder stage
+  grows the decoder (depth 4 -> 8) for ``--steps`` steps per start: the paper's (random decoder,
+  lr 2e-5 scaled like the demo's other lrs, GAN from step 0), without the GAN, with 5x the lr,
+  and from the trained decoder's tensors.
 
 Reported on held-out tiles (pixels never trained on): PSNR and SSIM. LPIPS and rFID need
 pretrained VGG/Inception weights, which an offline machine does not have; ``--lpips-weights``
-adds LPIPS. Sub-codebook usage is measured over random training crops: the share of the m
-entries used inside the sub-codebooks that are visited at all (Tab. 9's "Usage"). Quick mode
+adds LPIPS. Usage is counted over 1,280 random training crops: the share of the m entries used
+inside the visited sub-codebooks (Tab. 9's "Usage") and of the K semantic codes. Quick mode
 trains 2 steps per stage, to check the plumbing only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from benchmarks.suite import Context, Row
 
 NAME = "ablation"
+PARTS = ("concat", "vq-type", "stage3-start")
 VARIANTS = {  # name: (concat, m)
     "semantic only": ("semantic", 12),
     "none (pixel only)": ("none", 12),
@@ -31,69 +39,157 @@ VARIANTS = {  # name: (concat, m)
     "channel, m=8": ("channel", 8),
     "channel, m=12": ("channel", 12),
 }
+VQ_TYPES = {  # name: stage-1 semantic overrides
+    "EMA, l2-normalised (VQ-KD, default)": {"quantizer": "ema", "l2_norm": True},
+    "EMA, Euclidean": {"quantizer": "ema", "l2_norm": False},
+    "Vanilla": {"quantizer": "vanilla"},
+    "Norm": {"quantizer": "norm"},
+}
+# The demo trains at 10x the paper's lrs (1e-3 for stage 2's 1e-4), so Tab. 3's decoder lr
+# 2e-5 is 2e-4 here. "No GAN" is the warm-up: within --steps the GAN never starts.
+GAN, NO_GAN = {"adversarial_weight": 0.5, "disc_start": 0}, {"adversarial_weight": 0.0}
+STAGE3_STARTS = {  # name: decoder-stage overrides
+    "random, lr 2e-4, GAN from step 0 (Tab. 3 as written)": {
+        "decoder_init": "random",
+        "optim": {"lr": 2e-4},
+        "losses": GAN,
+    },
+    "random, lr 2e-4, no GAN": {"decoder_init": "random", "optim": {"lr": 2e-4}, "losses": NO_GAN},
+    "random, lr 1e-3, no GAN": {"decoder_init": "random", "optim": {"lr": 1e-3}, "losses": NO_GAN},
+    "inherit trained decoder, lr 2e-4, no GAN": {
+        "decoder_init": "inherit",
+        "optim": {"lr": 2e-4},
+        "losses": NO_GAN,
+    },
+}
+BIGGER_DECODER = "model_overrides.pixel.decoder={width: 128, depth: 8, heads: 4}"
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--steps", type=int, help="stage-2 steps per variant (600; quick 2)")
+    group.add_argument("--part", choices=PARTS, default="concat", help="which table (concat)")
+    group.add_argument("--steps", type=int, help="steps per variant (600; quick 2)")
     group.add_argument("--work", type=Path, default=Path("outputs/ablation"), help="run folder")
+    group.add_argument("--init", type=Path, help="stage3-start: the stage-2 tokenizer to grow")
     group.add_argument("--lpips-weights", help="VGG16 weights file, to report LPIPS too")
 
 
 def run(ctx: Context) -> list[Row]:
-    from semhitok_plugin.data import DataConfig, eval_batches
-    from semhitok_plugin.demo import CONFIGS, write_demo_data
-    from semhitok_plugin.evaluation import (
-        evaluate_reconstruction,
-        load_lpips,
-        load_metric_backbones,
-        random_crop_usage,
-    )
-    from semhitok_plugin.model import SemHiTok
-    from semhitok_plugin.training import TrainConfig, train
+    return {"concat": _concat, "vq-type": _vq_type, "stage3-start": _stage3_start}[
+        ctx.options["part"] or "concat"
+    ](_Bench(ctx))
 
-    opts = ctx.options
-    steps = opts["steps"] or (2 if ctx.quick else 600)
-    work: Path = opts["work"]
-    crops = 64 if ctx.quick else 1280
-    train_dir, heldout = write_demo_data(work / "data")
-    common = [f"data.source={train_dir}", "image_every=100000"]
-    common += ["max_steps=2", "checkpoint_every=2"] if ctx.quick else []
-    stage1 = train(
-        TrainConfig.load(CONFIGS / "stage1.yaml", [*common, f"output_dir={work / 'stage1'}"])
-    )
-    # rFID is not reported (no Inception weights offline); LPIPS only with real VGG weights.
-    backbones = load_metric_backbones(random_backbones=True, fid_dims=64)
-    if opts["lpips_weights"]:
-        backbones.lpips = load_lpips(opts["lpips_weights"])
-    heldout_data = DataConfig(source=str(heldout), image_size=64, crop="center")
+
+class _Bench:
+    """What the parts share: the demo data, configs, budget and held-out evaluation."""
+
+    def __init__(self, ctx: Context) -> None:
+        from semhitok_plugin.data import DataConfig
+        from semhitok_plugin.demo import write_demo_data
+        from semhitok_plugin.evaluation import load_lpips, load_metric_backbones
+
+        opts = ctx.options
+        self.quick, self.lpips = ctx.quick, bool(opts["lpips_weights"])
+        self.steps = opts["steps"] or (2 if ctx.quick else 600)
+        self.work: Path = opts["work"]
+        self.init: Path | None = opts["init"]
+        self.crops = 64 if ctx.quick else 1280
+        self.train_dir, self.heldout = write_demo_data(self.work / "data")
+        self.common = [f"data.source={self.train_dir}", "image_every=100000"]
+        self.common += ["max_steps=2", "checkpoint_every=2"] if ctx.quick else []
+        # rFID is not reported (no Inception weights offline); LPIPS only with real VGG weights.
+        self.backbones = load_metric_backbones(random_backbones=True, fid_dims=64)
+        if self.lpips:
+            self.backbones.lpips = load_lpips(opts["lpips_weights"])
+        self.heldout_data = DataConfig(source=str(self.heldout), image_size=64, crop="center")
+
+    def train(self, stage: str, slug: str, overrides: list[str], **params) -> Path:
+        from semhitok_plugin.demo import CONFIGS
+        from semhitok_plugin.training import TrainConfig, train
+
+        names = [f"output_dir={self.work / slug}", *self.common, *overrides]
+        if stage != "stage1":
+            names += [f"max_steps={self.steps}", f"eval_data.source={self.heldout}"]
+        return train(TrainConfig.load(CONFIGS / f"{stage}.yaml", names))
+
+    def evaluate(self, path: Path) -> dict[str, float]:
+        from semhitok_plugin.data import eval_batches
+        from semhitok_plugin.evaluation import (
+            evaluate_reconstruction,
+            random_crop_usage,
+            semantic_fidelity,
+        )
+        from semhitok_plugin.model import SemHiTok
+
+        model = SemHiTok.from_pretrained(path)
+        batches = eval_batches(self.heldout_data, 32)
+        metrics = evaluate_reconstruction(model, batches, self.backbones, progress=False)
+        usage = random_crop_usage(model, self.train_dir, crops=self.crops)
+        values = {
+            "psnr": metrics["psnr"],
+            "ssim": metrics["ssim"],
+            "semantic_cosine": semantic_fidelity(model, eval_batches(self.heldout_data, 32))[
+                "cosine"
+            ],
+            "semantic_usage": usage["semantic"],
+            "sub_codebook_usage": usage["sub_codebook"],
+        }
+        if self.lpips:
+            values["lpips"] = metrics["lpips"]
+        return {k: float(v) for k, v in values.items()}
+
+
+def _concat(b: _Bench) -> list[Row]:
+    stage1 = b.train("stage1", "stage1", [])
     rows = []
     for name, (concat, m) in VARIANTS.items():
         slug = f"{concat}_m{m}"
         overrides = [
-            *common,
-            f"output_dir={work / slug}",
             f"init={stage1}",
-            f"max_steps={steps}",
-            f"eval_data.source={heldout}",
             f"model_overrides.pixel.concat={concat}",
             f"model_overrides.pixel.sub_codebook_size={m}",
         ]
-        model = SemHiTok.from_pretrained(
-            train(TrainConfig.load(CONFIGS / "stage2.yaml", overrides))
-        )
-        metrics = evaluate_reconstruction(
-            model, eval_batches(heldout_data, 32), backbones, progress=False
-        )
-        values = {
-            "psnr": metrics["psnr"],
-            "ssim": metrics["ssim"],
-            "sub_codebook_usage": random_crop_usage(model, train_dir, crops=crops)["sub_codebook"],
+        values = b.evaluate(b.train("stage2", slug, overrides))
+        params = {
+            "concat": concat,
+            "m": m,
+            "stage2_steps": b.steps,
+            "checkpoint": str(b.work / slug),
         }
-        if opts["lpips_weights"]:
-            values["lpips"] = metrics["lpips"]
-        params = {"concat": concat, "m": m, "stage2_steps": steps, "checkpoint": str(work / slug)}
-        rows.append(Row(NAME, name, params, {k: float(v) for k, v in values.items()}))
+        rows.append(Row(NAME, name, params, values))
     return rows
 
 
-__all__ = ["NAME", "VARIANTS", "run"]
+def _vq_type(b: _Bench) -> list[Row]:
+    rows = []
+    for name, semantic in VQ_TYPES.items():
+        slug = "vq_" + "_".join(str(v) for v in semantic.values())
+        sets = [f"model_overrides.semantic.{k}={v}" for k, v in semantic.items()]
+        stage1 = b.train("stage1", f"{slug}/stage1", sets)
+        values = b.evaluate(b.train("stage2", f"{slug}/stage2", [f"init={stage1}"]))
+        params = {**semantic, "stage2_steps": b.steps, "checkpoint": str(b.work / slug)}
+        rows.append(Row(NAME, name, params, values))
+    return rows
+
+
+def _stage3_start(b: _Bench) -> list[Row]:
+    init = b.init or b.train(
+        "stage2", "stage3_init/stage2", [f"init={b.train('stage1', 'stage1', [])}"]
+    )
+    rows = []
+    for i, (name, start) in enumerate(STAGE3_STARTS.items()):
+        slug = f"stage3_{i}"
+        sets = [f"init={init}", "stage=decoder", BIGGER_DECODER, "ema_decay=0.0"]
+        sets += [f"decoder_init={start['decoder_init']}", f"optim.lr={start['optim']['lr']}"]
+        sets += [f"losses.{k}={v}" for k, v in start["losses"].items()]
+        final = b.train("stage2", slug, sets)
+        values = b.evaluate(final)
+        log = [
+            json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()
+        ]
+        values["final_recon_loss"] = float(log[-1]["recon"])
+        params = {**start, "steps": b.steps, "init": str(init), "checkpoint": str(b.work / slug)}
+        rows.append(Row(NAME, name, params, values))
+    return rows
+
+
+__all__ = ["NAME", "PARTS", "STAGE3_STARTS", "VARIANTS", "VQ_TYPES", "run"]

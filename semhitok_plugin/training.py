@@ -147,6 +147,10 @@ class TrainConfig:
     output_dir: str
     model: str = "siglip-l16-256"  # stage 1: a preset or config (resolve_config); else unused
     init: str | None = None  # stages 2-3: save_pretrained dir of the previous stage
+    # Decoder stage: "inherit" starts the new decoder from every tensor of init's decoder whose
+    # name and shape fit (all of it when only depth grows; nothing when the width changes, as
+    # ViT-B -> ViT-L), "random" from none (docs/ablation.md compares the two).
+    decoder_init: Annotated[str, OneOf(("inherit", "random"))] = "inherit"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     teacher_weights: str | None = None
     eval_data: DataConfig | None = None
@@ -264,7 +268,10 @@ def build_stage_model(cfg: TrainConfig) -> SemHiTok:
     model = SemHiTok(config, load_teacher_weights=False)
     state = model.state_dict()
     trainable = tuple(f"{name}." for name in model.stage_module_names(cfg.stage))
+    fresh = "pixel_decoder." if cfg.stage == "decoder" and cfg.decoder_init == "random" else None
     for key, value in base.state_dict().items():
+        if fresh and key.startswith(fresh):
+            continue
         if key in state and state[key].shape == value.shape:
             state[key] = value
         elif not key.startswith(trainable):

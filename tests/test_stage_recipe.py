@@ -11,7 +11,13 @@ from semhitok_plugin.checkpoint import DISCRIMINATOR_FILE, load_discriminator
 from semhitok_plugin.config import SemHiTokConfig
 from semhitok_plugin.model import resolve_config
 from semhitok_plugin.samples import write_sample_photos
-from semhitok_plugin.training import SHIPPED_CONFIGS, TrainConfig, Trainer, _merge
+from semhitok_plugin.training import (
+    SHIPPED_CONFIGS,
+    TrainConfig,
+    Trainer,
+    _merge,
+    build_stage_model,
+)
 
 LOSSES = {"perceptual_weight": 0.0, "disc_channels": 16}
 
@@ -97,3 +103,25 @@ def test_paper_scale_config_loads_and_validates(path):
         assert cfg.losses.fresh_disc_start and cfg.losses.fresh_disc_start >= 10_000
     lrs = {"stage2-imagenet": 1e-4, "stage2-coyo": 4e-5}
     assert cfg.optim.lr >= lrs.get(path.stem, 2e-5)
+
+
+@pytest.mark.parametrize("decoder_init", ["inherit", "random"])
+def test_decoder_stage_starts_from_the_trained_decoder_where_shapes_fit(
+    tmp_path, photo_dir, semantic_init, decoder_init
+):
+    base = SemHiTok.from_pretrained(semantic_init)
+    deeper = base.config.pixel.decoder
+    grown = {"pixel": {"decoder": {"width": deeper.width, "depth": deeper.depth + 1}}}
+    cfg = tf.train_config(
+        tmp_path,
+        photo_dir,
+        stage="decoder",
+        init=str(semantic_init),
+        model_overrides=grown,
+        decoder_init=decoder_init,
+    )
+    model = build_stage_model(TrainConfig.load_dict(cfg))
+    key = "pixel_decoder.transformer.blocks.0.attn.qkv.weight"
+    inherited = torch.equal(model.state_dict()[key], base.state_dict()[key])
+    assert inherited == (decoder_init == "inherit")
+    assert torch.equal(model.semantic_codebook.codebook, base.semantic_codebook.codebook)
