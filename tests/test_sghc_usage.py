@@ -139,3 +139,23 @@ def test_two_ranks_keep_identical_sub_codebooks(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert a["initialized"].all()
+
+
+def test_random_crop_usage_counts_tokens_and_visited_sub_codebooks(tmp_path, tiny_model):
+    from semhitok_plugin.evaluation import random_crop_usage
+    from semhitok_plugin.samples import write_sample_photos
+
+    write_sample_photos(tmp_path, ("astronaut", "coffee"))
+    usage = random_crop_usage(tiny_model, tmp_path, crops=40, batch_size=20)
+    tokens = 40 * tiny_model.grid_size[0] * tiny_model.grid_size[1]
+    assert usage["tokens"] == tokens
+    assert 0 < usage["semantic"] <= 1 and 0 < usage["sub_codebook"] <= 1
+
+
+@pytest.mark.slow  # trains the demo at 1 % of its steps
+def test_demo_summary_reports_codebook_usage_over_1280_crops(tmp_path):
+    from semhitok_plugin.demo import run_demo
+
+    usage = run_demo(tmp_path, steps_scale=0.01)["codebook_usage"]
+    assert usage["tokens"] >= 1280 * 64
+    assert set(usage) == {"semantic", "sub_codebook", "tokens"}
