@@ -289,7 +289,7 @@ class PixelConfig:
     # sub-codes to each semantic code", its Tab. 2 vocabulary is 196,608 = 16,384 x 12. The
     # default follows Tab. 2, because the headline rFID (1.16) and the MLLM's vocabulary are
     # that model's; Tab. 9 has both (m = 8: rFID 1.42, usage 96.4 %; m = 12: 1.26, 93.7 %) and
-    # Tab. 7's rFID 1.42 is the m = 8 row, so the ablations use 8.
+    # Tab. 7's rFID 1.42 is the m = 8 row; the CPU demo uses 8 (configs/demo_cpu/stage1.yaml).
     sub_codebook_size: PositiveInt = 12
     # Pixel code dimension. The paper does not state it; 8 follows LlamaGen's normalised VQ,
     # whose low-dimensional l2-normalised codes it credits for high codebook usage.
