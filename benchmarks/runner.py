@@ -35,6 +35,7 @@ OTHERS = (
     "llava_tower",
     "mllm_generation",
     "ablation",
+    "distributed_encode",
 )
 CASES = {name: f"benchmarks.suite.{name}" for name in SUITE} | {
     name: f"benchmarks.{name}" for name in OTHERS
