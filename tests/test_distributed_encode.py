@@ -167,8 +167,10 @@ def test_two_ranks_give_the_ids_of_one_process(two_ranks, single, corpus, model)
 
 
 def test_one_rank_writes_the_same_shards_and_index(two_ranks, corpus, model, monkeypatch):
+    """Also with its images decoded by DataLoader workers: the ids and their order hold."""
     out = corpus.root / "set1"
-    assert one_rank(encode_args(corpus, out, "--shard-size", "2"), monkeypatch) == 1
+    argv = encode_args(corpus, out, "--shard-size", "2", "--num-workers", "2")
+    assert one_rank(argv, monkeypatch) == 1
     assert (out / INDEX_NAME).read_bytes() == (two_ranks.path / INDEX_NAME).read_bytes()
     for shard in sorted(two_ranks.path.glob("shard-*.npz")):
         with np.load(shard) as a, np.load(out / shard.name) as b:
@@ -229,6 +231,18 @@ def test_a_shard_of_other_inputs_is_never_overwritten(
     assert err.count("\n") == 1 and f"{out / 'shard-000000.npz'} holds other images" in err
     assert (out / "shard-000000.npz").read_bytes() == before
     assert (out / INDEX_NAME).read_bytes() == (two_ranks.path / INDEX_NAME).read_bytes()
+
+
+def test_a_rerun_at_another_precision_stops_at_the_first_shard(
+    two_ranks, corpus, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "set"
+    shutil.copytree(two_ranks.path, out)
+    argv = encode_args(corpus, out, "--shard-size", "2", "--precision", "bf16")
+    assert one_rank(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "vocab 256, fp32), this pass by model 'tiny' (grid 8x8, vocab 256, bf16)" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in two_ranks.path.iterdir())
 
 
 # -- reading a set: every check names the file -----------------------------------------------------
