@@ -53,10 +53,10 @@ class SubCodebookQuantizer(nn.Module):
         self.codebook_size, self.sub_size, self.dim = codebook_size, sub_size, dim
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
-        self.dead_code_patience = dead_code_patience
+        self.data_init, self.dead_code_patience = data_init, dead_code_patience
         self.codebooks = nn.Parameter(torch.randn(codebook_size, sub_size, dim))
         # Persistent, so a resumed or later stage never re-initialises trained sub-codebooks.
-        self.register_buffer("initialized", torch.full((codebook_size,), not data_init))
+        self.register_buffer("initialized", torch.zeros(codebook_size, dtype=torch.bool))
         # Consecutive visits of its sub-codebook (on any rank) in which an entry was not chosen.
         self.register_buffer("idle_steps", torch.zeros(codebook_size, sub_size, dtype=torch.long))
         self.usage = CodeUsage(codebook_size * sub_size, group_size=sub_size)  # per flat id
@@ -115,7 +115,7 @@ class SubCodebookQuantizer(nn.Module):
     @torch.no_grad()
     def _replace_entries(self, flat: torch.Tensor, sem: torch.Tensor) -> None:
         samples, received = self._routed_samples(flat, sem)
-        replace = ~self.initialized[:, None].expand(-1, self.sub_size)
+        replace = ~self.initialized[:, None].expand(-1, self.sub_size) & self.data_init
         if self.dead_code_patience:
             replace = replace | (self.idle_steps >= self.dead_code_patience)
         replace = replace & received[:, None]

@@ -159,3 +159,10 @@ def test_demo_summary_reports_codebook_usage_over_1280_crops(tmp_path):
     usage = run_demo(tmp_path, steps_scale=0.01)["codebook_usage"]
     assert usage["tokens"] >= 1280 * 64
     assert set(usage) == {"semantic", "sub_codebook", "tokens"}
+
+
+def test_data_init_off_keeps_the_codes_even_when_loaded_uninitialised():
+    q = build(data_init=False)
+    before = q.codebooks.detach().clone()
+    q(*clustered(), update=True)
+    assert torch.equal(q.codebooks.detach(), before)
