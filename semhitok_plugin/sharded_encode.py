@@ -86,7 +86,19 @@ class ImageItem:
     def load(self) -> Image.Image:
         if self.problem is not None:
             raise ImageReadError(self.problem)
-        return load_image(self.path if self.path is not None else io.BytesIO(self.data))
+        return load_image(self.path if self.path is not None else _Member(self.data, self.name))
+
+
+class _Member(io.BytesIO):
+    """A tar member's bytes that Pillow's errors name by the member, not by a memory address:
+    the reasons recorded in a set are then the same in every run."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return repr(self.name)
 
 
 @dataclass(frozen=True)
