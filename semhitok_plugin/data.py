@@ -424,7 +424,7 @@ class _RequestSampler(Sampler[_Request]):
 def _open_source(source: str) -> _Files | list[str]:
     """The files of a folder or list, or the shards of a tar pattern; errors name ``source``."""
     if any(name.endswith(SHARD_EXTENSIONS) for name in braceexpand.braceexpand(source)):
-        return _expand_shards(source)
+        return expand_shards(source)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"data source {source!r} does not exist")
@@ -574,7 +574,7 @@ class _ShardDataset(IterableDataset):
             return False
 
         for ordinal, sample in enumerate(wds.tarfile_samples([{"url": path}], handler=stop)):
-            member = _image_member(sample)
+            member = image_member(sample)
             if member is not None:
                 name = f"{path}:{sample['__key__']}.{member}"
                 yield _Slot(name, (epoch, shard_id, ordinal), sample)
@@ -584,12 +584,12 @@ class _ShardDataset(IterableDataset):
     def _read(self, slot: _Slot) -> _Sample:
         if isinstance(slot.sample, str):
             raise _Unreadable(slot.sample)
-        data = slot.sample[_image_member(slot.sample)]
+        data = slot.sample[image_member(slot.sample)]
         image = _crop(load_image(io.BytesIO(data)), self.config, (self.seed, _AUGMENT, *slot.key))
         return _Sample(image, _tar_label(slot.sample))
 
 
-def _expand_shards(pattern: str) -> list[str]:
+def expand_shards(pattern: str) -> list[str]:
     """Shard paths of a path, glob or brace pattern, in pattern order (glob matches sorted)."""
     shards = []
     for name in braceexpand.braceexpand(pattern):
@@ -600,7 +600,7 @@ def _expand_shards(pattern: str) -> list[str]:
     return shards
 
 
-def _image_member(sample: dict[str, Any]) -> str | None:
+def image_member(sample: dict[str, Any]) -> str | None:
     """The extension of a sample's image member (webdataset keys members by extension)."""
     return next((ext for ext in sorted(sample) if _is_image_name(ext)), None)
 

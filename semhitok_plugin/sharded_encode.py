@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from .config import ConfigError
-from .data import SHARD_EXTENSIONS, _expand_shards, _image_member, image_files
+from .data import SHARD_EXTENSIONS, expand_shards, image_files, image_member
 from .distributed import Launch, all_reduce_sum_, barrier
 from .images import ImageReadError, SkippedImages, center_crop, load_image, to_tensor
 from .model import SemHiTok, TokenizerOutput
@@ -119,7 +119,7 @@ class Chunk:
             return False
 
         for sample in wds.tarfile_samples([{"url": self.tar}], handler=stop):
-            member = _image_member(sample)
+            member = image_member(sample)
             if member is not None:
                 yield ImageItem(f"{self.tar}/{sample['__key__']}", data=sample[member])
         if errors:  # a truncated tar: what was read is kept, the rest is one failure
@@ -156,7 +156,7 @@ def plan_chunks(inputs: Iterable[Path], shard_size: int | None = None) -> list[C
     for path in inputs:
         if is_tar_pattern(str(path)):
             cut_files()
-            chunks += [Chunk(tar=tar) for tar in _expand_shards(str(path))]
+            chunks += [Chunk(tar=tar) for tar in expand_shards(str(path))]
         elif path.is_dir() or path.suffix in (".txt", ".jsonl"):
             files.extend(image_files(path))  # the folder and list rules of ``--data``
         else:
