@@ -185,6 +185,7 @@ def test_int32_targets_fail_llamagen_cross_entropy_and_the_cast_fixes_it(codes):
     assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_train_sample_decode(codes, tokenizer):
     from semhitok_llamagen.vq_model import SemHiTokVQModel
 
@@ -278,6 +279,7 @@ def test_resume_skips_written_files(image_folder, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_the_launcher_gives_llamagens_build_dataset_int64_codes_of_every_file(
     codes, llamagen_root, tmp_path
 ):

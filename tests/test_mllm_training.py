@@ -104,6 +104,7 @@ def group_losses(model, batch) -> dict[str, float]:
 
 
 # -- training --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_lowers_text_and_image_loss(world, trained):
     batch = eval_batch(world)
     before = group_losses(load_unified(world.model)[0], batch)

@@ -230,6 +230,7 @@ def test_a_pickled_payload_is_never_run(model, tmp_path):
     assert not (tmp_path / "bad" / PICKLE_MARKER).exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_cli_process_exits_2_naming_the_file_without_a_traceback(model, tmp_path):
     (case,) = [c for c in write_bad_token_files(tmp_path, model) if c.path.name == "truncated.npz"]
     result = subprocess.run(
@@ -268,6 +269,7 @@ def test_a_deflate_bomb_is_refused_before_it_inflates(model, tmp_path):
         assert _peak_traced(lambda: read_tokens(bomb.path, model)) < 2**20
 
 
+@pytest.mark.slow
 def test_the_token_byte_limit_counts_every_member_and_reads_the_environment(model, tmp_path):
     path = tmp_path / "t.npz"
     np.savez(path, **token_arrays(model))
