@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -360,3 +361,118 @@ def test_a_factorised_gpt_trains_and_samples_on_semhitok_codes_through_the_launc
     for label, row in enumerate(result["greedy"]):
         agreement = max(np.mean(row == seq) for y, aug in train if y == label for seq in aug)
         assert agreement > 0.9, (label, agreement)
+
+
+# -- the unified Qwen MLLM -------------------------------------------------------------------------
+T2I = [
+    {"role": "user", "content": "a photo of a cat"},
+    {"role": "assistant", "content": "<image>"},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_world(tmp_path_factory):
+    """A tiny Qwen2 extended by the tiny preset (K = 64, m = 4) with the factorised image head."""
+    from semhitok_fixtures.tiny_qwen import save_tiny_qwen
+    from semhitok_plugin import SemHiTok, get_preset
+    from semhitok_qwen import build_unified, save_unified
+    from semhitok_qwen.data import write_sample_jsonl
+
+    root = tmp_path_factory.mktemp("factorised_mllm")
+    qwen = save_tiny_qwen(root / "qwen")
+    torch.manual_seed(0)
+    tokenizer = SemHiTok(get_preset("tiny")).eval()
+    model, processor = build_unified(qwen, tokenizer, image_head="factorised")
+    save_unified(model, processor, root / "model")
+    return SimpleNamespace(root=root, model=root / "model", data=write_sample_jsonl(root / "data"))
+
+
+def test_qwen_scores_text_and_image_ids_in_one_exact_distribution(qwen_world):
+    from semhitok_qwen import IGNORE_INDEX, load_unified
+    from semhitok_qwen.train import token_losses
+
+    model, processor = load_unified(qwen_world.model)
+    vocab, text = model.image_vocab, model.config.text_vocab_size
+    ids, labels = processor.tokenize_chat(T2I, [sample_photo("chelsea")])
+    ids, labels = torch.tensor([ids]), torch.tensor([labels])
+    with torch.no_grad():
+        out = model(ids)
+        assert out.logits.shape == (1, ids.shape[1], text + 64)  # text ids, then K semantic ids
+        first, pixel = model.image_targets(out.hidden_states[-1], labels)
+        losses, targets = token_losses(out.logits, first)
+        losses = losses + pixel
+        # the joint next-token distribution over all text + K·m ids, built level by level
+        h = out.hidden_states[-1][0, :-1]
+        first_lp = out.logits[0, :-1].float().log_softmax(-1)
+        every = torch.arange(64).expand(len(h), -1)
+        pix_lp = model.image_head.pix_logits(h[:, None].expand(-1, 64, -1), every).log_softmax(-1)
+        joint = torch.cat([first_lp[:, :text], (first_lp[:, text:, None] + pix_lp).flatten(1)], 1)
+    assert joint.shape[1] == model.config.vocab_size
+    torch.testing.assert_close(joint.exp().sum(-1), torch.ones(len(h)), rtol=0, atol=1e-5)
+    labelled = labels[0, 1:] != IGNORE_INDEX
+    assert vocab.contains(labels[0, 1:]).sum() == 64  # the 8 × 8 image ids are targets
+    exact = -joint[labelled].gather(-1, labels[0, 1:][labelled, None])[:, 0]
+    torch.testing.assert_close(losses[0][labelled], exact, rtol=0, atol=1e-5)
+    assert torch.equal(targets[0][labelled] >= text, vocab.contains(labels[0, 1:])[labelled])
+    with pytest.raises(ValueError, match="image_targets"):
+        model(ids, labels=labels)
+
+
+def test_qwen_trains_through_the_factorised_head_and_reloads(qwen_world):
+    from semhitok_qwen import load_unified
+    from semhitok_qwen.data import Collator, UnifiedDataset, read_jsonl
+    from semhitok_qwen.train import add_arguments, build_trainer
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = qwen_world.root / "trained"
+    flags = f"--model {qwen_world.model} --data {qwen_world.data} --output-dir {out}"
+    flags += " --max-steps 8 --batch-size 4 --grad-accum 1 --lr 3e-3 --num-workers 0"
+    flags += " --logging-steps 2 --save-steps 8 --seed 0 --report-to none"
+    trainer = build_trainer(parser.parse_args(flags.split()))
+    _, processor = load_unified(qwen_world.model)
+    dataset = UnifiedDataset(read_jsonl([qwen_world.data]), processor, cfg_dropout=0.0)
+    batch = Collator(processor.pad_token_id)([dataset[i] for i in range(len(dataset))])
+
+    def eval_loss() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, dict(batch)).item()
+
+    before = eval_loss()
+    trainer.train()
+    after = eval_loss()
+    assert after < before - 0.05, (before, after)
+    logged = [row for row in trainer.state.log_history if "image_loss" in row]
+    assert logged and all(math.isfinite(row["image_loss"]) for row in logged)
+    trainer.save_model()
+    reloaded, _ = load_unified(out)
+    assert reloaded.config.image_head == "factorised"
+    ids = batch["input_ids"][:1]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, trainer.model.eval()(ids).logits)
+
+
+def test_qwen_samples_images_level_by_level_with_one_semantic_id_per_stream_pair(
+    qwen_world, monkeypatch
+):
+    from semhitok_qwen import load_unified
+    from semhitok_qwen.generation import generate_image
+
+    model, processor = load_unified(qwen_world.model)
+    kwargs = dict(cfg_scale=3.0, top_k=5, seed=3, decode=False)
+    ids = generate_image(model, processor, ["a cat", "a rocket"], **kwargs).ids
+    assert ids.shape == (2, 8, 8) and ids.min() >= 0 and ids.max() < model.image_vocab.size
+    assert torch.equal(generate_image(model, processor, ["a cat", "a rocket"], **kwargs).ids, ids)
+    with pytest.raises(ValueError, match="no flat image logits"):
+        model.image_logits(torch.zeros(1, model.config.hidden_size))
+    seen = []
+    pix_logits = model.image_head.pix_logits
+    monkeypatch.setattr(
+        model.image_head, "pix_logits", lambda h, sem: seen.append(sem) or pix_logits(h, sem)
+    )
+    again = generate_image(model, processor, ["a cat", "a rocket"], **kwargs).ids
+    assert torch.equal(again, ids) and len(seen) == 2 * 64
+    for cond_sem, uncond_sem in zip(seen[::2], seen[1::2], strict=True):
+        assert torch.equal(cond_sem, uncond_sem)
+    assert torch.equal(torch.stack(seen[::2], 1).view(2, 8, 8), ids // 4)

@@ -30,8 +30,10 @@ def build_unified(
     semantic_fraction: float = 0.5,
     unconditional_prompt: str = "",
     torch_dtype: torch.dtype | str | None = None,
+    image_head: str = "flat",
 ) -> tuple[SemHiTokQwen2ForCausalLM, SemHiTokQwenProcessor]:
-    """Extend a Qwen2/Qwen2.5 checkpoint (hub id or directory) by SemHiTok's image vocabulary."""
+    """Extend a Qwen2/Qwen2.5 checkpoint (hub id or directory) by SemHiTok's image vocabulary
+    (``image_head``: ``"flat"`` K·m head rows, or ``"factorised"`` semantic -> pixel)."""
     # Never code from the checkpoint (no prompt either), and weights from safetensors only.
     tokenizer = AutoTokenizer.from_pretrained(qwen, trust_remote_code=False)
     lm = AutoModelForCausalLM.from_pretrained(
@@ -52,6 +54,7 @@ def build_unified(
         image_tokenizer,
         semantic_fraction=semantic_fraction,
         unconditional_prompt=unconditional_prompt,
+        image_head=image_head,
     )
     model.generation_config = _generation_config(lm, tokenizer)
     return model, SemHiTokQwenProcessor(tokenizer, image_tokenizer, model.config)

@@ -29,6 +29,7 @@ from semhitok_plugin.visualize import grid
 
 from .build import build_unified, load_unified, parse_dtype, save_unified
 from .generation import chat, generate_image
+from .model import IMAGE_HEADS
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         semantic_fraction=args.semantic_fraction,
         unconditional_prompt=args.unconditional_prompt,
         torch_dtype=parse_dtype(args.dtype),
+        image_head=args.image_head,
     )
     save_unified(model, processor, args.output)
     vocab = model.image_vocab
@@ -212,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="text that replaces a text-to-image prompt under CFG dropout and at sampling time",
     )
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument(
+        "--image-head",
+        choices=IMAGE_HEADS,
+        default="flat",
+        help="image ids scored by K·m head rows (flat) or as p(sem)·p(pix|sem) (factorised)",
+    )
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser(

@@ -6,6 +6,10 @@ runs the conditional and unconditional prompts as one batch of 2N streams that r
 sampled token; the logits are ``uncond + s·(cond − uncond)``. While an image is sampled only the
 image rows of the shared head can be chosen, so by default only that slice of the head is
 computed (``image_slice_head``; its speed-up is measured in ``benchmarks/mllm_generation.py``).
+With the factorised image head (``image_head="factorised"``) each id is drawn level by level
+(:meth:`~semhitok_plugin.hierarchical_head.FactorisedHead.sample`): the semantic id from guided
+semantic logits, then the pixel id from guided pixel logits of that semantic id in both streams;
+temperature, top-k and top-p apply at each level.
 """
 
 from __future__ import annotations
@@ -104,12 +108,25 @@ def generate_image(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state[:, -1]
-        if image_slice_head:
-            logits = model.image_logits(hidden)
+        if model.factorised:
+            cond, uncond = hidden.chunk(2) if guidance else (hidden, None)
+            flat = model.image_head.sample(
+                cond,
+                uncond,
+                cfg_scale=cfg_scale,
+                temperature=temperature,
+                top_k=top_k or 0,
+                top_p=1.0 if top_p is None else top_p,
+                greedy=temperature == 0,
+                generator=generator,
+            ).ids
         else:
-            logits = model.lm_head(hidden)[:, head_rows]
-        logits = guided(logits, cfg_scale) if guidance else logits
-        flat = sample_next(logits, generator, temperature, top_k, top_p)
+            if image_slice_head:
+                logits = model.image_logits(hidden)
+            else:
+                logits = model.lm_head(hidden)[:, head_rows]
+            logits = guided(logits, cfg_scale) if guidance else logits
+            flat = sample_next(logits, generator, temperature, top_k, top_p)
         drawn.append(flat)
         if step + 1 < num_tokens:
             # drawn from the image slice, so in range: no checked to_tokens (a host sync a step)

@@ -27,10 +27,12 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from semhitok_plugin.adapter import DualMLPAdapter
 from semhitok_plugin.config import SemHiTokConfig
+from semhitok_plugin.hierarchical_head import DEFAULT_RANK, FactorisedHead
 from semhitok_plugin.ids import TokenIdError, check_ids
 from semhitok_plugin.model import SemHiTok
 
 IMAGE_START, IMAGE_END = "<|image_start|>", "<|image_end|>"
+IMAGE_HEADS = ("flat", "factorised")
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,17 @@ class SemHiTokQwen2Config(Qwen2Config):
         image_end_id: int | None = None,
         semantic_fraction: float = 0.5,
         unconditional_prompt: str = "",
+        image_head: str = "flat",
+        image_head_rank: int = DEFAULT_RANK,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if image_head not in IMAGE_HEADS:
+            raise ValueError(f"image_head must be one of {IMAGE_HEADS}, got {image_head!r}")
+        # "flat": K·m image rows in the shared head; "factorised": the head scores text ids and
+        # K semantic ids in one softmax, and p(pix | sem, h) completes an image id
+        # (semhitok_plugin.hierarchical_head, docs/hierarchical-head.md)
+        self.image_head, self.image_head_rank = image_head, image_head_rank
         self.semhitok = semhitok  # SemHiTokConfig.to_dict() of the image tokenizer
         self.text_vocab_size = text_vocab_size if text_vocab_size is not None else self.vocab_size
         self.image_start_id, self.image_end_id = image_start_id, image_end_id
@@ -142,7 +152,22 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
         text_config.vocab_size = config.text_vocab_size
         self.model = Qwen2Model(text_config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.factorised = config.image_head == "factorised"
+        head_rows = config.text_vocab_size if self.factorised else config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, head_rows, bias=False)
+        if self.factorised:
+            if is_deepspeed_zero3_enabled():
+                raise ValueError(
+                    "image_head='factorised' does not support DeepSpeed ZeRO-3: its pixel level "
+                    "is read outside a module forward, where ZeRO-3 has not gathered it"
+                )
+            tok = config.tokenizer_config
+            self.image_head = FactorisedHead(
+                config.hidden_size,
+                tok.semantic.codebook_size,
+                tok.pixel.sub_codebook_size,
+                config.image_head_rank,
+            )
         self.image_embed = ImageInputEmbedding(
             config.tokenizer_config, config.hidden_size, config.semantic_fraction
         )
@@ -175,10 +200,19 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
     ):
         """Qwen2's forward, with image ids embedded through the adapter. The signature is
         Qwen2's own (transformers 4.46 ``Qwen2ForCausalLM.forward``) so that ``generate`` sees
-        ``num_logits_to_keep`` and computes the head for the last position only."""
+        ``num_logits_to_keep`` and computes the head for the last position only.
+
+        With the factorised image head the logits are text + K wide (text ids, then the K
+        semantic ids: one softmax), the output always holds the hidden states (the pixel level
+        reads the last ones, see :meth:`image_targets`), and ``labels`` are refused: their loss
+        needs the pixel level (``semhitok_qwen.train`` computes it)."""
+        if self.factorised:
+            if labels is not None:
+                raise ValueError("image_head='factorised': compute the loss with image_targets()")
+            output_hidden_states, return_dict = True, True
         if input_ids is not None:
             inputs_embeds = self.embed(input_ids)
-        return super().forward(
+        outputs = super().forward(
             input_ids=None,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -193,11 +227,37 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
             num_logits_to_keep=num_logits_to_keep,
             **kwargs,
         )
+        if self.factorised:
+            hidden = outputs.hidden_states[-1][:, -num_logits_to_keep:]
+            semantic = self.image_head.sem_logits(hidden).to(outputs.logits.dtype)
+            outputs.logits = torch.cat([outputs.logits, semantic], dim=-1)
+        return outputs
+
+    def image_targets(
+        self, hidden: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factorised image head's loss terms: ``labels`` (B, T) with each image target
+        ``offset + sem·m + pix`` replaced by its first-level id ``offset + sem`` (what the
+        text + K logits score), and ``-log p(pix | sem, h)`` of each next-token position
+        (B, T - 1; 0 where the target is not an image id), ``hidden`` being the last hidden
+        states. Shifted cross-entropy over the first level plus these is each target's exact
+        negative log-likelihood."""
+        vocab, m = self.image_vocab, self.image_head.sub_codebook_size
+        image = vocab.contains(labels)
+        flat = (labels - vocab.offset).clamp(0, vocab.size - 1)
+        sem, pix = flat // m, flat % m
+        first_level = torch.where(image, vocab.offset + sem, labels)
+        pix_logits = self.image_head.pix_logits(hidden[:, :-1], sem[:, 1:]).float()
+        pixel = F.cross_entropy(pix_logits.flatten(0, 1), pix[:, 1:].flatten(), reduction="none")
+        return first_level, pixel.view_as(pix[:, 1:]) * image[:, 1:]
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the image ids only (B, ..., K·m): the head's image slice, used while an
         image is generated (the text rows cannot be sampled there). Under DeepSpeed ZeRO-3 the
-        head's weight exists only inside its own forward, so the whole head runs there."""
+        head's weight exists only inside its own forward, so the whole head runs there. The
+        factorised head has no such slice: it samples with ``image_head.sample``."""
+        if self.factorised:
+            raise ValueError("image_head='factorised' has no flat image logits")
         rows = slice(self.image_vocab.offset, self.image_vocab.offset + self.image_vocab.size)
         if is_deepspeed_zero3_enabled():
             return self.lm_head(hidden)[..., rows]
@@ -212,11 +272,13 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
         tokenizer: SemHiTok,
         semantic_fraction: float = 0.5,
         unconditional_prompt: str = "",
+        image_head: str = "flat",
     ) -> SemHiTokQwen2ForCausalLM:
         """Extend a loaded Qwen2 LM (whose tokenizer already holds the two markers) by the image
         vocabulary of ``tokenizer``. Text rows keep their weights; the marker rows (new tokens,
         or untrained padding rows of Qwen's table) start at the mean of the trained rows before
-        them, in the table and in the head; image rows of the head start like a fresh Linear's."""
+        them, in the table and in the head; image rows of the head (or the factorised image
+        head, ``image_head="factorised"``) start like a fresh Linear's."""
         base = qwen.config.to_dict()
         for key in ("model_type", "architectures", "auto_map", "transformers_version"):
             base.pop(key, None)
@@ -231,6 +293,7 @@ class SemHiTokQwen2ForCausalLM(Qwen2ForCausalLM):
             image_end_id=marker_ids[1],
             semantic_fraction=semantic_fraction,
             unconditional_prompt=unconditional_prompt,
+            image_head=image_head,
             **base,
         )
         config._attn_implementation = qwen.config._attn_implementation

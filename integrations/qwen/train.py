@@ -138,7 +138,11 @@ class UnifiedTrainer(Trainer):
         """``num_items_in_batch`` is unused: the loss stays a per-micro-batch mean."""
         skipped, labels = inputs.pop("skipped", None), inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
+        if self.model.factorised:  # first level (text + K) here, the pixel level added below
+            labels, pixel = self.model.image_targets(outputs.hidden_states[-1], labels)
         losses, targets = token_losses(outputs.logits, labels)
+        if self.model.factorised:
+            losses = losses + pixel
         labelled = targets != IGNORE_INDEX
         loss = losses.sum() / labelled.sum().clamp(min=1)
         if model.training:
