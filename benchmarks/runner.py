@@ -36,6 +36,7 @@ OTHERS = (
     "mllm_generation",
     "ablation",
     "distributed_encode",
+    "hierarchical_head",
 )
 CASES = {name: f"benchmarks.suite.{name}" for name in SUITE} | {
     name: f"benchmarks.{name}" for name in OTHERS
