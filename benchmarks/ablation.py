@@ -111,7 +111,9 @@ class _Bench:
             names += [f"max_steps={self.steps}", f"eval_data.source={self.heldout}"]
         return train(TrainConfig.load(CONFIGS / f"{stage}.yaml", names))
 
-    def evaluate(self, path: Path) -> dict[str, float]:
+    def evaluate(self, path: Path, *, usage: bool = True) -> dict[str, float]:
+        """Held-out PSNR/SSIM and semantic cosine; codebook usage unless ``usage`` is False
+        (a decoder stage cannot change any id)."""
         from semhitok_plugin.data import eval_batches
         from semhitok_plugin.evaluation import (
             evaluate_reconstruction,
@@ -123,16 +125,17 @@ class _Bench:
         model = SemHiTok.from_pretrained(path)
         batches = eval_batches(self.heldout_data, 32)
         metrics = evaluate_reconstruction(model, batches, self.backbones, progress=False)
-        usage = random_crop_usage(model, self.train_dir, crops=self.crops)
         values = {
             "psnr": metrics["psnr"],
             "ssim": metrics["ssim"],
             "semantic_cosine": semantic_fidelity(model, eval_batches(self.heldout_data, 32))[
                 "cosine"
             ],
-            "semantic_usage": usage["semantic"],
-            "sub_codebook_usage": usage["sub_codebook"],
         }
+        if usage:
+            counted = random_crop_usage(model, self.train_dir, crops=self.crops)
+            values["semantic_usage"] = counted["semantic"]
+            values["sub_codebook_usage"] = counted["sub_codebook"]
         if self.lpips:
             values["lpips"] = metrics["lpips"]
         return {k: float(v) for k, v in values.items()}
@@ -182,7 +185,7 @@ def _stage3_start(b: _Bench) -> list[Row]:
         sets += [f"decoder_init={start['decoder_init']}", f"optim.lr={start['optim']['lr']}"]
         sets += [f"losses.{k}={v}" for k, v in start["losses"].items()]
         final = b.train("stage2", slug, sets)
-        values = b.evaluate(final)
+        values = b.evaluate(final, usage=False)
         log = [
             json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()
         ]
