@@ -98,8 +98,8 @@ def test_paper_scale_config_loads_and_validates(path):
         assert cfg.model == preset and cfg.optim.lr == 1e-4
         return
     assert cfg.init and Path(cfg.init).parent.parent.name == preset
-    if cfg.stage == "decoder":  # a new random decoder warms up without the GAN
-        assert cfg.losses.disc_start >= 10_000
+    if cfg.stage == "decoder":  # a new random decoder: warm-up without the GAN, 5x Tab. 3's lr
+        assert cfg.losses.disc_start >= 10_000 and cfg.optim.lr == 1e-4
     gan_now = cfg.losses.adversarial_weight > 0 and cfg.losses.disc_start == 0
     if gan_now:  # a GAN from step 0 only against a carried discriminator
         assert cfg.losses.fresh_disc_start and cfg.losses.fresh_disc_start >= 10_000
