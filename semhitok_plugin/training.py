@@ -338,7 +338,7 @@ class Trainer:
         decay, no_decay = [], []
         for name, p in module.named_parameters():
             if id(p) in wanted:
-                (no_decay if _exempt_from_decay(name, p) else decay).append(p)
+                (no_decay if exempt_from_decay(name, p) else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": o.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -749,8 +749,9 @@ class Trainer:
         return final
 
 
-def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
-    """Codebooks, embeddings (position, class, latent tokens), biases and norm gains."""
+def exempt_from_decay(name: str, param: nn.Parameter) -> bool:
+    """Whether AdamW leaves ``param`` without weight decay: codebooks, embeddings (position,
+    class, latent tokens), biases and norm gains, whose decay would shrink them toward zero."""
     leaf = name.rsplit(".", 1)[-1]
     return param.ndim < 2 or "codebook" in leaf or leaf in ("pos_embed", "cls_token", "latent")
 

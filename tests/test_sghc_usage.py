@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from semhitok_plugin.sghc import SubCodebookQuantizer
-from semhitok_plugin.training import _exempt_from_decay
+from semhitok_plugin.training import exempt_from_decay
 from semhitok_plugin.usage import CodeUsage
 
 K, M, D = 6, 4, 8
@@ -114,8 +114,8 @@ def test_codebooks_and_embeddings_get_no_weight_decay():
         "pixel_decoder.transformer.proj_in.bias": torch.zeros(2),
     }
     for name, value in exempt.items():
-        assert _exempt_from_decay(name, torch.nn.Parameter(value)), name
-    assert not _exempt_from_decay("pixel_decoder.transformer.proj_in.weight", torch.zeros(2, 2))
+        assert exempt_from_decay(name, torch.nn.Parameter(value)), name
+    assert not exempt_from_decay("pixel_decoder.transformer.proj_in.weight", torch.zeros(2, 2))
 
 
 def rank_batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
