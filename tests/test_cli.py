@@ -88,6 +88,7 @@ def test_decode_refuses_out_of_range_ids(saved_model, tmp_path, capsys):
     assert "outside the valid range [0, 256)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_reports_every_output(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--steps-scale", "0.01"]) == 0
     out = capsys.readouterr().out
@@ -102,6 +103,7 @@ def test_demo_trains_evaluates_and_reports_every_output(tmp_path, capsys):
             assert Path(line.split(":", 1)[1].strip()).is_file()
 
 
+@pytest.mark.slow
 def test_info_for_the_paper_preset_offline(run_cli):
     run = run_cli("info", "siglip-l16-256", HF_HUB_OFFLINE="1")
     assert "16x16 = 256 per image" in run.stdout

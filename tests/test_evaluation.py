@@ -159,6 +159,7 @@ def upstream_key(key):
     return f"{layout[int(block)][int(index)]}.{rest}"
 
 
+@pytest.mark.slow
 def test_local_weight_files_load_through_the_real_path(
     no_cache, inception_file, vgg_file, backbones
 ):
@@ -194,6 +195,7 @@ def test_local_weight_files_load_through_the_real_path(
         ev.load_metric_backbones(inception_weights=str(vgg_file), lpips_weights=str(vgg_file))
 
 
+@pytest.mark.slow
 def test_fid_inception_is_upstreams_inceptionv3(monkeypatch, photos6):
     torch.manual_seed(SEED)
     net = ev.fid_inception_network().eval()
@@ -221,6 +223,7 @@ def test_random_backbones_are_flagged_and_reproducible(random_backbones):
 
 
 # -- metrics -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_streaming_frechet_equals_numpy_on_all_activations(backbones, photos6, tiny_model):
     images = torch.cat([photos6, photos6.flip(-1)])
     acts = ev.inception_activations(backbones.inception, to_uint8(images).float() / 255)
@@ -301,6 +304,7 @@ def test_ssim_and_lpips_match_direct_computation(backbones, photos6, tiny_model)
 
 
 # -- whole-set evaluation ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_reconstruction_totals_over_batches(backbones, photos6, tiny_model):
     batches = [
         {"images": photos6[:4], "labels": [0] * 4, "skipped": 2},
@@ -328,6 +332,7 @@ def test_evaluate_reconstruction_totals_over_batches(backbones, photos6, tiny_mo
     assert result["backbones"] == "pretrained"
 
 
+@pytest.mark.slow
 def test_codebook_usage_is_counted_exactly_from_encoded_ids(backbones, photos6, tiny_model):
     # The quantizers' own counters also count these calls; the evaluation must not use them.
     tiny_model.encode(photos6.flip(-1))

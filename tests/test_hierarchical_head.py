@@ -315,6 +315,7 @@ TRAIN_AND_SAMPLE = """
     """
 
 
+@pytest.mark.slow
 def test_a_factorised_gpt_trains_and_samples_on_semhitok_codes_through_the_launcher(
     llamagen_root, tmp_path, monkeypatch
 ):

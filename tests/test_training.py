@@ -42,6 +42,7 @@ def stage1(tmp_path_factory, photo_dir):
     return train(TrainConfig.load_dict(config(tmp, photo_dir)))
 
 
+@pytest.mark.slow
 def test_stage1_writes_outputs_and_counts_bad_files(stage1):
     run = stage1.parent
     lines = metrics(run)
@@ -52,6 +53,7 @@ def test_stage1_writes_outputs_and_counts_bad_files(stage1):
     assert SemHiTok.from_pretrained(stage1).semantic_codebook.initialized
 
 
+@pytest.mark.slow
 def test_stage2_freezes_semantics_and_trains_pixels(stage1, tmp_path, photo_dir, photos):
     cfg = config(
         tmp_path,
@@ -103,6 +105,7 @@ def test_later_stages_refuse_to_change_frozen_parts(stage1, tmp_path, photo_dir,
         build_stage_model(TrainConfig.load_dict(bad))
 
 
+@pytest.mark.slow
 def test_decoder_stage_grows_only_the_decoder(stage1, tmp_path, photo_dir):
     bigger = {"pixel": {"decoder": {"width": 48, "depth": 2, "heads": 2}}}
     cfg = TrainConfig.load_dict(
@@ -139,6 +142,7 @@ KILL_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", KILL_RUNS)
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(stage, stage1, tmp_path, photo_dir):
     """Every logged value and every exported weight must match the uninterrupted run exactly."""
@@ -153,6 +157,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(stage, stage1, tmp
     assert run_differences(run.straight, run.killed) == []
 
 
+@pytest.mark.slow
 def test_two_ranks_keep_identical_codebooks(tmp_path, photo_dir):
     cfg = config(tmp_path, photo_dir, max_steps=3, image_every=100)
     path = tmp_path / "ddp.yaml"

@@ -38,6 +38,7 @@ def adam_steps(state: dict, key: str = "optimizer") -> set[float]:
     return {float(s["step"]) for s in state[key]["state"].values()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, fused", [("semantic", True), ("semantic", False), ("pixel", True)])
 def test_a_nan_batch_is_skipped_reported_and_changes_nothing(
     stage, fused, stage1, tmp_path, photo_dir, caplog
@@ -86,6 +87,7 @@ def test_a_nan_batch_is_skipped_reported_and_changes_nothing(
     assert tf.all_finite(s4)
 
 
+@pytest.mark.slow
 def test_consecutive_bad_steps_stop_the_run_with_a_finite_last_checkpoint(tmp_path, photo_dir):
     probe = tf.bad_streak_case(tmp_path, photo_dir)
     assert probe.outcome.startswith(
@@ -113,6 +115,7 @@ def test_max_bad_steps_must_be_positive(tmp_path, photo_dir):
         TrainConfig.load_dict(tf.train_config(tmp_path, photo_dir, max_bad_steps=0))
 
 
+@pytest.mark.slow
 def test_sigterm_in_process_stops_within_two_steps_with_a_checkpoint(tmp_path, photo_dir):
     """The stop flag travels with the step's flags, read one step late (or at a metrics line):
     SIGTERM during step 3 ends the run after step 3, 4 or 5, with a checkpoint there."""
@@ -141,6 +144,7 @@ def test_sigterm_in_process_stops_within_two_steps_with_a_checkpoint(tmp_path, p
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
+@pytest.mark.slow
 def test_sigterm_through_the_cli_exits_zero_and_resume_continues(tmp_path, photo_dir):
     probe = tf.sigterm_case(tmp_path, photo_dir)
     run = tmp_path / "run"
@@ -155,6 +159,7 @@ def test_sigterm_through_the_cli_exits_zero_and_resume_continues(tmp_path, photo
     assert steps == list(range(1, stopped + 3))  # no step lost or logged twice
 
 
+@pytest.mark.slow
 def test_disk_full_mid_checkpoint_stops_the_run_and_keeps_the_previous_one(tmp_path, photo_dir):
     probe = tf.disk_full_case(tmp_path, photo_dir)
     folder = tmp_path / "run" / "checkpoints"
@@ -209,6 +214,7 @@ def test_resume_drops_a_metrics_line_torn_by_a_kill(tmp_path):
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
+@pytest.mark.slow
 def test_a_nan_first_step_leaves_the_k_means_init_to_the_next(tmp_path, photo_dir):
     """Stage 1 initialises its codebook by k-means on the first batch: a NaN first batch must
     not leave it NaN, nor uninitialised for good."""
@@ -221,6 +227,7 @@ def test_a_nan_first_step_leaves_the_k_means_init_to_the_next(tmp_path, photo_di
     assert second["semantic_codebook.codebook"].isfinite().all()
 
 
+@pytest.mark.slow
 def test_the_discriminator_learns_from_its_own_loss_only(stage1, tmp_path, photo_dir):
     """The generator's adversarial loss back-propagates through the discriminator too; those
     gradients must not reach the discriminator's update."""
