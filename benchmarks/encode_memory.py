@@ -25,6 +25,7 @@ h x w x 4 bytes per image (256 B at ``tiny``, 0.25 MiB per 1k images). The meter
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -243,16 +244,17 @@ def plot(rows: list[Row], directory: Path) -> list[Path]:
         by_images.plot([s.done for s in encoding], [s.rss_mib for s in encoding], ".", ms=3)
         by_images.axvline(warm_at, color="grey", ls=":", lw=1)
         warm_rss = m["warm_rss_mib"]
-        leak = warm_rss + (total - warm_at) * CROP_BYTES / MIB
-        by_images.plot([warm_at, total], [warm_rss, leak], "r--", lw=1, label="if one crop leaked")
         by_images.set(
             xlabel="images encoded",
             ylabel="RSS (MiB)",
-            ylim=(warm_rss - 50, max(leak, warm_rss + 100)),
             title=f"growth after warm-up {m['growth_mib']:.1f} MiB, "
             f"{m['slope_mib_per_1k']:.2f} MiB / 1k images",
         )
-        by_images.legend(loc="upper left")
+        if math.isfinite(warm_rss):  # NaN when a short run ends before a sample after warm-up
+            leak = warm_rss + (total - warm_at) * CROP_BYTES / MIB
+            by_images.plot([warm_at, total], [warm_rss, leak], "r--", lw=1, label="one crop leaked")
+            by_images.set_ylim(warm_rss - 50, max(leak, warm_rss + 100))
+            by_images.legend(loc="upper left")
         suffix = "" if len(rows) == 1 else f"_{row.params['preset']}_b{row.params['batch']}"
         written.append(save_figure(fig, directory / f"encode_memory_rss{suffix}.png"))
     return written

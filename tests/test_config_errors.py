@@ -197,7 +197,9 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
     (crop, crop_status), (jsonl, jsonl_status) = outputs
     assert crop_status == jsonl_status == 2
     assert (
-        crop.endswith("stage1.yaml: data.crop must be one of 'random', 'center', got 'centre'\n")
+        crop.endswith(
+            "stage1.yaml: data.crop must be one of 'random', 'center', 'adm', got 'centre'\n"
+        )
         and crop.count("\n") == 1
         and crop.startswith("error: ")
     )

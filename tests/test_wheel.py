@@ -135,7 +135,8 @@ def test_console_scripts_run(run_fresh):
         "tiny",
     ]
     usage = run_fresh("semhitok-qwen", "--help")
-    assert usage.startswith("usage: semhitok-qwen [-h] {init,sample-data,generate,chat,train}")
+    commands = "{init,sample-data,generate,chat,eval-gen,eval-gen-metrics,train}"
+    assert usage.startswith("usage: semhitok-qwen [-h]") and commands in usage
 
 
 def test_an_image_round_trips_through_encode_and_decode(run_fresh, tmp_path):
