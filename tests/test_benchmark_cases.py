@@ -120,6 +120,7 @@ def test_train_variants_are_trainer_configs(tmp_path):
     assert semantic.init is None and semantic.model_overrides == {"teacher": {"weights": None}}
 
 
+@pytest.mark.slow
 def test_train_rows(train_run, tmp_path):
     ctx, rows, _ = train_run
     assert [p.name for p in train.plot(rows, tmp_path)] == ["train_steps.png"]
@@ -191,6 +192,7 @@ def test_train_step_flops_count_the_trained_parts_three_times():
     assert train.step_flops(model, "pixel") > train.step_flops(model, "decoder")
 
 
+@pytest.mark.slow
 def test_scaling_rows(tmp_path):
     rows = scaling.run(quick_ctx())
     assert_sane(rows, "scaling")

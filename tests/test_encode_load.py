@@ -97,6 +97,7 @@ for _ in tqdm(range({n}), unit="img", mininterval=0.02):
 """
 
 
+@pytest.mark.slow
 def test_the_meter_catches_a_planted_leak_of_one_crop_per_image():
     """Same sampler, same summary, a child that keeps 48 KiB per image: the bounds above fail."""
     code = textwrap.dedent(LEAKY.format(n=IMAGES, nbytes=CROP_BYTES))

@@ -287,6 +287,7 @@ def test_bad_model_args_name_the_value(tiny_dir, args, named):
         SemHiTokQwen(**{"pretrained": str(tiny_dir), "device": "cpu", **args})
 
 
+@pytest.mark.slow
 def test_local_task_yamls_include_the_upstream_tasks(tmp_path):
     from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import load_yaml_config
