@@ -82,6 +82,15 @@ def _draw(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None)
     return pick.squeeze(-1), probs.gather(-1, pick).squeeze(-1)
 
 
+def check_sizes(dim: int, codebook_size: int, sub_codebook_size: int, rank: int) -> None:
+    """The head and the embedding share their shape rules: every size at least 1."""
+    if min(dim, codebook_size, sub_codebook_size, rank) < 1:
+        raise ValueError(
+            f"dim, codebook_size, sub_codebook_size and rank must be positive, got "
+            f"{dim}, {codebook_size}, {sub_codebook_size}, {rank}"
+        )
+
+
 class FactorisedSample(NamedTuple):
     """Sampled flat ids ``(B,)`` and the probability each had under the filtered, guided,
     tempered per-level distributions it was drawn from (``p(sem) · p(pix | sem)``)."""
@@ -101,16 +110,9 @@ class FactorisedHead(nn.Module):
         self, dim: int, codebook_size: int, sub_codebook_size: int, rank: int = DEFAULT_RANK
     ) -> None:
         super().__init__()
-        if min(dim, codebook_size, sub_codebook_size, rank) < 1:
-            raise ValueError(
-                f"dim, codebook_size, sub_codebook_size and rank must be positive, got "
-                f"{dim}, {codebook_size}, {sub_codebook_size}, {rank}"
-            )
-        self.codebook_size, self.sub_codebook_size, self.rank = (
-            codebook_size,
-            sub_codebook_size,
-            rank,
-        )
+        check_sizes(dim, codebook_size, sub_codebook_size, rank)
+        self.codebook_size, self.sub_codebook_size = codebook_size, sub_codebook_size
+        self.rank = rank
         self.sem = nn.Linear(dim, codebook_size, bias=False)
         self.pix_proj = nn.Linear(dim, rank, bias=False)
         self.pix_readout = nn.Parameter(torch.zeros(codebook_size, sub_codebook_size, rank))
@@ -223,16 +225,9 @@ class FactorisedEmbedding(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
-        if min(dim, codebook_size, sub_codebook_size, rank) < 1:
-            raise ValueError(
-                f"dim, codebook_size, sub_codebook_size and rank must be positive, got "
-                f"{dim}, {codebook_size}, {sub_codebook_size}, {rank}"
-            )
-        self.codebook_size, self.sub_codebook_size, self.rank = (
-            codebook_size,
-            sub_codebook_size,
-            rank,
-        )
+        check_sizes(dim, codebook_size, sub_codebook_size, rank)
+        self.codebook_size, self.sub_codebook_size = codebook_size, sub_codebook_size
+        self.rank = rank
         self.sem = nn.Embedding(codebook_size, dim)
         self.pix = nn.Embedding(codebook_size * sub_codebook_size, rank)
         self.pix_proj = nn.Linear(rank, dim, bias=False)
