@@ -155,6 +155,8 @@ def test_float_and_bool_ids_are_refused_even_when_integral(dtype, values):
     seed=st.integers(0, 2**31 - 1),
     steal=st.booleans(),
 )
+# An own code within 6e-5 of the stolen one: a distance check would fail here.
+@example(k=2, m=9, d=2, n=2, seed=5135756, steal=True)
 def test_sghc_picks_the_best_candidate_of_its_own_semantic_id_only(k, m, d, n, seed, steal):
     torch.manual_seed(seed)
     q = SubCodebookQuantizer(k, m, d)
@@ -169,9 +171,9 @@ def test_sghc_picks_the_best_candidate_of_its_own_semantic_id_only(k, m, d, n, s
     codes, zs = unit(q.codebooks.detach().double().numpy()), unit(z.double().numpy())
     scores = np.einsum("nmd,nd->nm", codes[sem.numpy()], zs)
     assert_best_up_to_ties(out.ids.numpy(), scores, cosine_tolerance(d))
-    assert torch.equal(out.quantized, q.normalized()[sem, out.ids])  # a code of sem's own
-    if steal:
-        assert (out.quantized - F.normalize(stolen, dim=-1)).norm(dim=-1).min() > 1e-4
+    # A code of sem's own, even when (steal) the global best is a code of another sub-codebook.
+    # Not "far from the stolen code": an own code may lie within rounding of it by chance.
+    assert torch.equal(out.quantized, q.normalized()[sem, out.ids])
 
 
 @given(
