@@ -300,9 +300,7 @@ class PixelConfig:
     # moves an entry unused for this many visits of its sub-codebook onto a routed feature
     # (0: never). With random init, 40 % of the entries of a visited sub-codebook were used at
     # m = 12 at demo scale (docs/ablation.md); LlamaGen has neither and reports usage over a window.
-    # Off by default: a run resumed from a checkpoint does not yet reproduce the uninterrupted
-    # run bit for bit with it on (tests/test_training.py); the main job turns it on.
-    data_init: bool = False
+    data_init: bool = True
     dead_code_patience: NonNegativeInt = 100
     # Decoder input: "channel" concatenation of semantic and pixel codes (paper default),
     # "sequence" (semantic then pixel tokens), "none" (pixel codes only) -- Tab. 9 ablation --

@@ -24,7 +24,10 @@ tracks the state without knowing how many samples a tar epoch holds.
 ``(seed, epoch, sample identity)`` (the file's index; for shards the shard's index and the
 sample's ordinal in it), never from a global or per-worker RNG. A sample's pixels therefore do not
 depend on which worker loads it, on the number of workers, or on whether the stream was resumed, so
-the cursor alone is enough to resume exactly.
+the cursor alone is enough to resume exactly. Conversely, opening a stream leaves the global torch
+RNG untouched (a DataLoader draws its workers' base seed from it by default), so the training
+step's own random draws (sub-codebook init and restarts) are the same after a resume, which opens
+the stream at a different step.
 
 *Workers.* Map-style: the sampler emits one request per batch and the DataLoader hands request ``i``
 to worker ``i % W``. Shards: every worker reads the rank's shard stream (raw bytes only) and
@@ -181,9 +184,7 @@ class ImageStream:
             dataset = _ShardDataset(
                 self._source, self.config, self.batch_size, start=self._cursor, **split
             )
-        return DataLoader(
-            dataset, batch_size=None, sampler=sampler, num_workers=self.config.num_workers
-        )
+        return _batch_loader(dataset, sampler, self.config.num_workers)
 
     def _tracked(self, batches: Iterable[dict]) -> Iterator[dict]:
         """Advance the state with each batch; raise once a whole epoch had no readable image."""
@@ -218,8 +219,19 @@ def eval_batches(
         split = {"seed": 0, "rank": rank, "world_size": world_size}
         dataset = _ShardDataset(source, config, batch_size, start=None, **split)
         requests = None
-    loader = DataLoader(dataset, batch_size=None, sampler=requests, num_workers=config.num_workers)
-    return _deliver(_fold_tail(loader), set())
+    return _deliver(_fold_tail(_batch_loader(dataset, requests, config.num_workers)), set())
+
+
+def _batch_loader(dataset: Dataset, sampler: Iterable | None, num_workers: int) -> DataLoader:
+    """A DataLoader of ready batches whose worker seeds come from a private generator, not the
+    global RNG (samples seed themselves, see the module docs)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 # --- batches ------------------------------------------------------------------------------------

@@ -199,6 +199,18 @@ def test_resume_is_exact_for_shards(ds, num_workers):
     _resume_matches(ds.sources["tar-braces"], num_workers, batch_size=2, k=5, m=5)
 
 
+@pytest.mark.parametrize("kind", ["folder", "tar-braces"])
+def test_reading_batches_leaves_the_global_rng_alone(ds, kind):
+    """A resumed run opens its streams at a later step than the uninterrupted one; if opening one
+    drew from the global RNG, the training step's own draws (sub-codebook init) would differ."""
+    config = DataConfig(ds.sources[kind], image_size=SIZE, crop="random", num_workers=1)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    _take(ImageStream(config, 2, seed=1), 2)
+    next(iter(eval_batches(config, 2)))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_resuming_shards_does_not_decode_consumed_samples(ds, monkeypatch):
     config = DataConfig(ds.clean["tar"], image_size=SIZE)
     first = ImageStream(config, 2)
