@@ -65,6 +65,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torchvision.transforms.functional import adjust_hue
 
 from semhitok_plugin.config import (
     Bounds,
@@ -110,6 +111,10 @@ class DataConfig:
     crop: Annotated[str, OneOf(CROPS)] = "random"
     scale: tuple[AreaFraction, AreaFraction] = (0.5, 1.0)  # (min, max) area of a random crop
     flip: bool = True  # random horizontal flip; only with crop="random"
+    # Random hue rotation of up to +-hue of a full turn (0.5: any hue); only with crop="random".
+    # Colours a small photo set lacks (the demo's six photos have little sky or foliage) are
+    # then still learned.
+    hue: Annotated[float, Bounds(ge=0, le=0.5)] = 0.0
     num_workers: NonNegativeInt = 0
     # tar shards: samples mixed across the rank's shards (0: off)
     shuffle_buffer: NonNegativeInt = 1000
@@ -357,6 +362,8 @@ def _crop(img: Image.Image, config: DataConfig, entropy: tuple[int, ...]) -> tor
         img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
         if config.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if config.hue:
+            img = adjust_hue(img, rng.uniform(-config.hue, config.hue))
     return to_tensor([img])[0]
 
 

@@ -281,6 +281,27 @@ def test_random_crops_depend_on_epoch_and_seed_and_flips_mirror(ds, tmp_path):
     assert 0 < sum(mirrored) < 8
 
 
+def test_hue_rotation_recolours_crops_but_not_their_brightness_or_greys(ds, tmp_path):
+    """The same crops (same seed), each hue-rotated by its own seeded angle: resumable like
+    the crop; a grey photo has no hue to rotate."""
+    listed = tmp_path / "one.txt"
+    listed.write_text(f"{ds.images / ds.good[0]}\n")
+    grey = tmp_path / "grey.png"
+    sample_photo("astronaut").convert("L").convert("RGB").save(grey)
+    (tmp_path / "grey.txt").write_text(f"{grey}\n")
+
+    def crops(source, **kw):
+        config = DataConfig(str(source), image_size=SIZE, scale=(0.2, 0.5), flip=False, **kw)
+        return torch.cat([b["images"] for b in _take(ImageStream(config, 1), 4)])
+
+    plain, rotated = crops(listed), crops(listed, hue=0.5)
+    assert torch.equal(rotated, crops(listed, hue=0.5))
+    assert all((a - b).abs().mean() > 0.02 for a, b in zip(plain, rotated, strict=True))
+    value = (plain.max(1).values - rotated.max(1).values).abs()  # HSV value: the largest channel
+    assert value.max() <= 2 / 255 + 1e-6
+    assert torch.equal(crops(tmp_path / "grey.txt"), crops(tmp_path / "grey.txt", hue=0.5))
+
+
 def test_truncated_shard_keeps_its_readable_samples_and_counts_the_rest(ds, tmp_path):
     members = [
         (f"{i}", "png", (Path(ds.clean["folder"]) / f"{i}.png").read_bytes(), {}) for i in range(3)
@@ -332,7 +353,14 @@ def test_missing_or_empty_sources_raise_naming_the_path(ds, tmp_path, make):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"crop": "middle"}, {"scale": (0.8, 0.5)}, {"scale": (0.0, 1.0)}, {"image_size": 0}],
+    [
+        {"crop": "middle"},
+        {"scale": (0.8, 0.5)},
+        {"scale": (0.0, 1.0)},
+        {"image_size": 0},
+        {"hue": 0.6},
+        {"hue": -0.1},
+    ],
 )
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
