@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -354,18 +355,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.output
     summary = run_demo(out, steps_scale=args.steps_scale)
-    m = summary["heldout_metrics"]
+    m, unseen = summary["heldout_metrics"], summary["unseen"]
     stage2 = out / "stage2"
     print(
-        f"\nheld-out tiles: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, semantic cosine "
-        f"{m['semantic']['cosine']:.3f}, flat codes used {m['usage']['flat']['used']:.1%} "
-        f"({summary['minutes']:.1f} min)\n"
+        f"\nsemantic cosine {m['semantic']['cosine']:.3f}, flat codes used "
+        f"{m['usage']['flat']['used']:.1%} on the held-out tiles ({summary['minutes']:.1f} min)"
+    )
+    columns = {
+        f"held-out tiles ({m['images']})": (m, summary["baselines"]),
+        f"unseen photos ({unseen['metrics']['images']})": (unseen["metrics"], unseen["baselines"]),
+    }
+    print(comparison_table(columns))
+    print(
         f"tokenizer:            {summary['tokenizer']}\n"
         f"metrics JSON:         {out / 'summary.json'} (training: {stage2 / 'metrics.jsonl'})\n"
         f"reconstruction grid:  {latest_picture(stage2 / 'images', 'recon')}\n"
         f"semantic token map:   {latest_picture(stage2 / 'images', 'tokens')}"
     )
     return 0
+
+
+def comparison_table(columns: dict[str, tuple[dict, dict]]) -> str:
+    """PSNR / SSIM of the tokenizer and its equal-bit baselines, one column pair per image set:
+    ``{title: (tokenizer metrics, evaluate_baselines result)}``."""
+    first = next(iter(columns.values()))[1]
+    labels = {"tokenizer": f"tokenizer ({first['bits_per_image']:.0f} bits)"}
+    if "thumbnail" in first:
+        t = first["thumbnail"]
+        labels["thumbnail"] = (
+            f"thumbnail {t['side']}x{t['side']}, {t['levels']} levels ({t['bits']} bits)"
+        )
+    if "kmeans" in first:
+        k = first["kmeans"]
+        labels["kmeans"] = (
+            f"k-means, {k['centroids']} x {k['patch']} px patches ({k['bits']:.0f} bits)"
+        )
+    width = max(map(len, labels.values()))
+    cell = max(16, *map(len, columns))  # "PSNR (dB)   SSIM" is 16
+    lines = [" " * width + "".join(f" | {title:>{cell}}" for title in columns)]
+    lines.append(" " * width + f" | {'PSNR (dB)   SSIM':>{cell}}" * len(columns))
+    for key, label in labels.items():
+        cells = []
+        for metrics, baselines in columns.values():
+            row = metrics if key == "tokenizer" else baselines[key]
+            cells.append(f" | {row['psnr']:>{cell - 7}.2f}  {row['ssim']:5.3f}")
+        lines.append(label.ljust(width) + "".join(cells))
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -401,7 +436,13 @@ def _yaml_problem(err: Exception) -> str:
 
 def cmd_eval_recon(args: argparse.Namespace) -> int:
     from .data import DataConfig, eval_batches
-    from .evaluation import evaluate_reconstruction, load_metric_backbones, semantic_fidelity
+    from .evaluation import (
+        evaluate_baselines,
+        evaluate_reconstruction,
+        fit_patch_kmeans,
+        load_metric_backbones,
+        semantic_fidelity,
+    )
 
     model = _model(args)
     device = next(model.parameters()).device
@@ -420,9 +461,17 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
     metrics["semantic"] = semantic_fidelity(
         model, eval_batches(data, args.batch_size), device=device
     )
+    kmeans = None
+    if args.baseline_train:
+        train = replace(data, source=args.baseline_train, crop="random", scale=args.baseline_scale)
+        kmeans = fit_patch_kmeans(model, train, crops=args.baseline_crops)
+    metrics["baselines"] = evaluate_baselines(
+        model, eval_batches(data, args.batch_size), backbones, kmeans=kmeans, device=device
+    )
     metrics["model"], metrics["data"] = args.model, args.data
     text = json.dumps(metrics, indent=2)
     print(text)
+    print(comparison_table({args.data: (metrics, metrics["baselines"])}), file=sys.stderr)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
@@ -439,6 +488,16 @@ def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def _area_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be MIN,MAX, got {text!r}") from None
+    if not 0 < low <= high <= 1:
+        raise argparse.ArgumentTypeError(f"must satisfy 0 < MIN <= MAX <= 1, got {text!r}")
+    return low, high
 
 
 def _non_negative_int(text: str) -> int:
@@ -545,6 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-backbones",
         action="store_true",
         help="random Inception/VGG: smoke tests only, numbers not comparable",
+    )
+    p.add_argument(
+        "--baseline-train",
+        metavar="DATA",
+        help="training images: also report k-means over their token-sized patches with the "
+        "tokenizer's vocabulary size (the thumbnail baseline is always reported)",
+    )
+    p.add_argument(
+        "--baseline-scale",
+        type=_area_range,
+        default=(0.5, 1.0),
+        metavar="MIN,MAX",
+        help="area range of the random training crops k-means is fitted on (0.5,1.0)",
+    )
+    p.add_argument(
+        "--baseline-crops", type=positive_int, default=2048, help="training crops for k-means"
     )
     p.set_defaults(fn=cmd_eval_recon)
 

@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,9 +51,13 @@ import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
+from .baselines import PatchKMeans, best_thumbnail, bits_per_image
 from .hub import WeightsNotFoundError, load_state_dict, resolve_url_file
 from .images import from_uint8, to_uint8
 from .usage import CodeUsage
+
+if TYPE_CHECKING:
+    from .data import DataConfig
 
 try:
     import lpips
@@ -377,6 +382,12 @@ def frechet_distance(a: FrechetStats, b: FrechetStats) -> float:
     return distance
 
 
+def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB, float64) of each pair of uint8 images (B, 3, H, W), capped at PSNR_MAX_DB."""
+    mse = ((x.double() - y.double()) / 255).square().flatten(1).mean(1)
+    return (-10 * torch.log10(mse)).clamp(max=PSNR_MAX_DB)
+
+
 class ReconstructionMetrics:
     """rFID, PSNR, SSIM and LPIPS accumulated over (original, reconstruction) batches.
 
@@ -397,11 +408,10 @@ class ReconstructionMetrics:
                 f"{tuple(reconstructions.shape)} differ in shape"
             )
         x, y = to_uint8(originals), to_uint8(reconstructions)
+        self.psnr_sum += float(psnr_per_image(x, y).sum())
         xs = x.permute(0, 2, 3, 1).cpu().numpy()
         ys = y.permute(0, 2, 3, 1).cpu().numpy()
         for a, b in zip(xs, ys, strict=True):
-            mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
-            self.psnr_sum += min(PSNR_MAX_DB, -10 * math.log10(mse)) if mse > 0 else PSNR_MAX_DB
             self.ssim_sum += float(structural_similarity(a, b, channel_axis=-1, data_range=255))
         self.lpips_sum += float(self.backbones.lpips(from_uint8(x), from_uint8(y)).double().sum())
         self.real.update(inception_activations(self.backbones.inception, x.float() / 255))
@@ -574,6 +584,67 @@ def evaluate_reconstruction(
 
 
 @torch.no_grad()
+def evaluate_baselines(
+    model,
+    batches: Iterable[dict],
+    backbones: MetricBackbones,
+    *,
+    kmeans: PatchKMeans | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """The metrics of :func:`evaluate_reconstruction` for the equal-bit baselines of ``model``
+    (see :mod:`semhitok_plugin.baselines`) on ``batches``: ``thumbnail`` (its side picked on the
+    first batch) and, when given, ``kmeans``; ``bits_per_image`` is the tokenizer's budget."""
+    h, w = model.grid_size
+    bits = bits_per_image(h * w, model.vocab_size)
+    meters = {"thumbnail": ReconstructionMetrics(backbones)}
+    if kmeans is not None:
+        meters["kmeans"] = ReconstructionMetrics(backbones)
+    thumbnail = None
+    for batch in _progress(batches, progress, "baselines"):
+        images = _checked(batch, device)
+        if not len(images):
+            continue
+        thumbnail = thumbnail or best_thumbnail(images, bits)
+        meters["thumbnail"].update(images, thumbnail.reconstruct(images))
+        if kmeans is not None:
+            meters["kmeans"].update(images, kmeans.reconstruct(images))
+    if thumbnail is None:
+        raise ValueError("evaluate_baselines got no images")
+    result: dict = {name: meter.compute() for name, meter in meters.items()}
+    result["thumbnail"] |= {"side": thumbnail.side, "levels": thumbnail.levels}
+    result["thumbnail"]["bits"] = thumbnail.bits
+    if kmeans is not None:
+        result["kmeans"] |= {"centroids": len(kmeans.centroids), "patch": kmeans.patch}
+        result["kmeans"]["training_patches"] = kmeans.fitted_on
+        result["kmeans"]["bits"] = bits
+    result["bits_per_image"] = bits
+    return result
+
+
+def fit_patch_kmeans(model, data: DataConfig, *, crops: int = 2048, seed: int = 0) -> PatchKMeans:
+    """k-means with ``model``'s vocabulary size over its token-sized patches of ``crops``
+    training crops from ``data`` (the training run's data config: its random crops)."""
+    from itertools import islice
+
+    from .data import ImageStream
+
+    size = model.config.image_size
+    h, w = model.grid_size
+    if size % h or h != w:
+        raise ValueError(
+            f"a {size} px image is not cut into whole {h} x {w} token patches: no k-means "
+            "patch baseline for this model"
+        )
+    if data.image_size != size:
+        raise ValueError(f"baseline crops are {data.image_size} px, the model's images {size} px")
+    stream = ImageStream(data, 64, seed=seed)
+    batches = (b["images"] for b in islice(stream, math.ceil(crops / 64)))
+    return PatchKMeans.fit(batches, model.vocab_size, size // h, seed=seed)
+
+
+@torch.no_grad()
 def random_crop_usage(
     model,
     source: str | Path,
@@ -641,13 +712,16 @@ __all__ = [
     "MetricWeightsError",
     "NpzWriter",
     "ReconstructionMetrics",
+    "evaluate_baselines",
     "evaluate_reconstruction",
     "fid_inception",
     "fid_inception_network",
+    "fit_patch_kmeans",
     "frechet_distance",
     "inception_activations",
     "load_lpips",
     "load_metric_backbones",
+    "psnr_per_image",
     "random_crop_usage",
     "resolve_inception_weights",
     "resolve_vgg16_weights",

@@ -20,6 +20,21 @@ def sample_photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
+# Photos from another package's wheel (scikit-learn's sample images): the main job never trains on
+# them, so they show what it learned beyond its own photos.
+UNSEEN_PHOTOS = ("china", "flower")
+
+
+def unseen_photo(name: str) -> Image.Image:
+    try:
+        from sklearn.datasets import load_sample_image
+    except ImportError as err:
+        raise ImportError(
+            "the unseen photos need scikit-learn: pip install 'semhitok-plugin[train]'"
+        ) from err
+    return Image.fromarray(load_sample_image(f"{name}.jpg")).convert("RGB")
+
+
 def write_sample_photos(directory: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -96,6 +96,15 @@ def test_demo_trains_evaluates_and_reports_every_output(tmp_path, capsys):
     metrics = summary["heldout_metrics"]
     assert metrics["images"] == len(list((tmp_path / "data" / "heldout").glob("*.png")))
     assert "RANDOM" in metrics["backbones"]  # offline: says its rFID/LPIPS are smoke-test only
+    baselines = summary["baselines"]
+    assert baselines["bits_per_image"] == 64 * 11  # 8 x 8 tokens, 256 x 8 flat ids
+    assert baselines["thumbnail"]["images"] == baselines["kmeans"]["images"] == metrics["images"]
+    unseen = summary["unseen"]
+    assert unseen["metrics"]["images"] == unseen["baselines"]["kmeans"]["images"] == 30
+    rows = [line for line in out.splitlines() if " | " in line]
+    assert [row.split(" ")[0] for row in rows[2:]] == ["tokenizer", "thumbnail", "k-means,"]
+    tokenizer_row = f"{metrics['psnr']:.2f}  {metrics['ssim']:.3f} |"
+    assert tokenizer_row in rows[2]
     for path in ("stage2/final", "summary.json", "stage2/metrics.jsonl"):
         assert str(tmp_path / path) in out and (tmp_path / path).exists()
     for line in out.splitlines():
