@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import ConfigError
 from .images import to_uint8
 
 
@@ -123,7 +124,7 @@ class PatchKMeans:
 
         data = torch.cat([patches(c.float(), patch).reshape(-1, 3 * patch * patch) for c in crops])
         if len(data) < vocabulary:
-            raise ValueError(
+            raise ConfigError(
                 f"k-means with {vocabulary} centroids needs at least as many patches, got "
                 f"{len(data)}: give more training crops"
             )
@@ -134,13 +135,13 @@ class PatchKMeans:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, (S/p)^2) centroid ids."""
         rows = patches(images.float(), self.patch)
-        flat = rows.reshape(-1, rows.shape[-1])
+        flat, centroids = rows.reshape(-1, rows.shape[-1]), self.centroids.to(images.device)
         # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
-        scores = flat @ self.centroids.T - 0.5 * (self.centroids**2).sum(1)
+        scores = flat @ centroids.T - 0.5 * (centroids**2).sum(1)
         return scores.argmax(1).view(rows.shape[:2])
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        rows = self.centroids[self.encode(images)]
+        rows = self.centroids.to(images.device)[self.encode(images)]
         return from_patches(rows, images.shape[-1], self.patch).clamp(-1, 1)
 
 

@@ -52,6 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .baselines import PatchKMeans, best_thumbnail, bits_per_image
+from .config import ConfigError
 from .hub import WeightsNotFoundError, load_state_dict, resolve_url_file
 from .images import from_uint8, to_uint8
 from .usage import CodeUsage
@@ -633,12 +634,12 @@ def fit_patch_kmeans(model, data: DataConfig, *, crops: int = 2048, seed: int = 
     size = model.config.image_size
     h, w = model.grid_size
     if size % h or h != w:
-        raise ValueError(
+        raise ConfigError(
             f"a {size} px image is not cut into whole {h} x {w} token patches: no k-means "
             "patch baseline for this model"
         )
     if data.image_size != size:
-        raise ValueError(f"baseline crops are {data.image_size} px, the model's images {size} px")
+        raise ConfigError(f"baseline crops are {data.image_size} px, the model's images {size} px")
     stream = ImageStream(data, 64, seed=seed)
     batches = (b["images"] for b in islice(stream, math.ceil(crops / 64)))
     return PatchKMeans.fit(batches, model.vocab_size, size // h, seed=seed)
