@@ -13,6 +13,9 @@ the identical budget (``--steps``, batch, lr, seed, data order):
   grows the decoder (depth 4 -> 8) for ``--steps`` steps per start: the paper's (random decoder,
   lr 2e-5 scaled like the demo's other lrs, GAN from step 0), without the GAN, with 5x the lr,
   and from the trained decoder's tensors.
+* ``main-job``: the main job (``semhitok demo``'s configs at their own step counts) per recipe
+  change in ``MAIN_JOB``, each on its held-out tiles and on the unseen photos' tiles, next to
+  the equal-bit thumbnail and k-means rows (k-means fitted once per training-data config).
 
 Reported on held-out tiles (pixels never trained on): PSNR and SSIM. LPIPS and rFID need
 pretrained VGG/Inception weights, which an offline machine does not have; ``--lpips-weights``
@@ -25,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from benchmarks.suite import Context, Row
 
 NAME = "ablation"
-PARTS = ("concat", "vq-type", "stage3-start")
+PARTS = ("concat", "vq-type", "stage3-start", "main-job")
 VARIANTS = {  # name: (concat, m)
     "semantic only": ("semantic", 12),
     "none (pixel only)": ("none", 12),
@@ -62,6 +66,14 @@ STAGE3_STARTS = {  # name: decoder-stage overrides
         "losses": NO_GAN,
     },
 }
+# name: (overrides of both stages, of stage 2 only); each row states its whole recipe.
+MAIN_JOB: dict[str, tuple[list[str], list[str]]] = {
+    "stage 2: lr 1e-3, 1,200 steps": ([], ["optim.lr=1e-3", "max_steps=1200"]),
+    "stage 2: lr 2e-3, 1,200 steps": ([], ["max_steps=1200"]),
+    "stage 2: lr 1e-3, 1,800 steps": ([], ["optim.lr=1e-3"]),
+    "stage 2: lr 2e-3, 1,800 steps (shipped)": ([], []),
+    "shipped + hue rotation in both stages (data.hue=0.5)": (["data.hue=0.5"], []),
+}
 BIGGER_DECODER = "model_overrides.pixel.decoder={width: 128, depth: 8, heads: 4}"
 
 
@@ -74,9 +86,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def run(ctx: Context) -> list[Row]:
-    return {"concat": _concat, "vq-type": _vq_type, "stage3-start": _stage3_start}[
-        ctx.options["part"] or "concat"
-    ](_Bench(ctx))
+    parts = {"concat": _concat, "vq-type": _vq_type, "stage3-start": _stage3_start}
+    parts["main-job"] = _main_job
+    return parts[ctx.options["part"] or "concat"](_Bench(ctx))
 
 
 class _Bench:
@@ -102,29 +114,40 @@ class _Bench:
             self.backbones.lpips = load_lpips(opts["lpips_weights"])
         self.heldout_data = DataConfig(source=str(self.heldout), image_size=64, crop="center")
 
-    def train(self, stage: str, slug: str, overrides: list[str], **params) -> Path:
+    def config(self, stage: str, slug: str, overrides: list[str], *, budget: bool = True):
+        """The demo's ``stage`` config; stage 2 and 3 train ``--steps`` steps when ``budget``."""
         from semhitok_plugin.demo import CONFIGS
-        from semhitok_plugin.training import TrainConfig, train
+        from semhitok_plugin.training import TrainConfig
 
         names = [f"output_dir={self.work / slug}", *self.common, *overrides]
         if stage != "stage1":
-            names += [f"max_steps={self.steps}", f"eval_data.source={self.heldout}"]
-        return train(TrainConfig.load(CONFIGS / f"{stage}.yaml", names))
+            names += [f"eval_data.source={self.heldout}"]
+            names += [f"max_steps={self.steps}"] if budget else []
+        return TrainConfig.load(CONFIGS / f"{stage}.yaml", names)
+
+    def train(self, stage: str, slug: str, overrides: list[str], **kw) -> Path:
+        from semhitok_plugin.training import train
+
+        return train(self.config(stage, slug, overrides, **kw))
+
+    def reconstruction(self, model, data) -> dict:
+        """``evaluate_reconstruction``'s metrics of ``model`` on the images of ``data``."""
+        from semhitok_plugin.data import eval_batches
+        from semhitok_plugin.evaluation import evaluate_reconstruction
+
+        return evaluate_reconstruction(
+            model, eval_batches(data, 32), self.backbones, progress=False
+        )
 
     def evaluate(self, path: Path, *, usage: bool = True) -> dict[str, float]:
         """Held-out PSNR/SSIM and semantic cosine; codebook usage unless ``usage`` is False
         (a decoder stage cannot change any id)."""
         from semhitok_plugin.data import eval_batches
-        from semhitok_plugin.evaluation import (
-            evaluate_reconstruction,
-            random_crop_usage,
-            semantic_fidelity,
-        )
+        from semhitok_plugin.evaluation import random_crop_usage, semantic_fidelity
         from semhitok_plugin.model import SemHiTok
 
         model = SemHiTok.from_pretrained(path)
-        batches = eval_batches(self.heldout_data, 32)
-        metrics = evaluate_reconstruction(model, batches, self.backbones, progress=False)
+        metrics = self.reconstruction(model, self.heldout_data)
         values = {
             "psnr": metrics["psnr"],
             "ssim": metrics["ssim"],
@@ -195,4 +218,52 @@ def _stage3_start(b: _Bench) -> list[Row]:
     return rows
 
 
-__all__ = ["NAME", "PARTS", "STAGE3_STARTS", "VARIANTS", "VQ_TYPES", "run"]
+def _main_job(b: _Bench) -> list[Row]:
+    from semhitok_plugin.data import DataConfig
+    from semhitok_plugin.demo import BASELINE_CROPS, write_unseen_tiles
+    from semhitok_plugin.model import SemHiTok
+    from semhitok_plugin.training import train
+
+    unseen = DataConfig(str(write_unseen_tiles(b.work / "data")), image_size=64, crop="center")
+    rows, baselines, stage1s = [], set(), {}
+    for i, (name, (both, stage2)) in enumerate(MAIN_JOB.items()):
+        if tuple(both) not in stage1s:  # rows that change stage 2 only share a stage 1
+            stage1s[tuple(both)] = b.train("stage1", f"main_{i}/stage1", both)
+        stage1 = stage1s[tuple(both)]
+        overrides = [f"init={stage1}", *both, *stage2]
+        config = b.config("stage2", f"main_{i}/stage2", overrides, budget=False)
+        config.max_steps = 2 if b.quick else config.max_steps
+        start = time.perf_counter()
+        final = train(config)
+        values = b.evaluate(final) | {"stage2_minutes": (time.perf_counter() - start) / 60}
+        model = SemHiTok.from_pretrained(final)
+        far = b.reconstruction(model, unseen)
+        values |= {"unseen_psnr": far["psnr"], "unseen_ssim": far["ssim"]}
+        rows.append(Row(NAME, name, {"both": both, "stage2": stage2}, values))
+        if repr(config.data) not in baselines:  # the training crops this recipe sees
+            baselines.add(repr(config.data))
+            crops = 64 if b.quick else BASELINE_CROPS
+            rows += _baseline_rows(b, model, config.data, unseen, crops, name)
+    return rows
+
+
+def _baseline_rows(b: _Bench, model, train_data, unseen, crops: int, recipe: str) -> list[Row]:
+    """Thumbnail and k-means (fitted on ``crops`` crops of ``train_data``) on both tile sets."""
+    from semhitok_plugin.data import eval_batches
+    from semhitok_plugin.evaluation import evaluate_baselines, fit_patch_kmeans
+
+    kmeans = fit_patch_kmeans(model, train_data, crops=crops)
+    held, far = (
+        evaluate_baselines(model, eval_batches(d, 32), b.backbones, kmeans=kmeans, progress=False)
+        for d in (b.heldout_data, unseen)
+    )
+    rows = []
+    for codec in ("thumbnail", "kmeans"):
+        values = {"psnr": held[codec]["psnr"], "ssim": held[codec]["ssim"]}
+        values |= {"unseen_psnr": far[codec]["psnr"], "unseen_ssim": far[codec]["ssim"]}
+        params = {k: v for k, v in held[codec].items() if k not in values}
+        rows.append(Row(NAME, f"{codec}, on the training crops of: {recipe}", params, values))
+    return rows
+
+
+__all__ = ["MAIN_JOB", "NAME", "PARTS", "STAGE3_STARTS", "VARIANTS", "VQ_TYPES", "run"]
