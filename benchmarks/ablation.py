@@ -1,6 +1,6 @@
 """A small-scale replication of the paper's Tab. 7 row 1 and Tab. 9 on the sample photos.
 
-Three parts (``--part``), each on the trainer's device (CUDA when present), every variant with
+Parts (``--part``), each on the trainer's device (CUDA when present), every variant with
 the identical budget (``--steps``, batch, lr, seed, data order):
 
 * ``concat`` (Tab. 9 "Concat" and "Subc Size", Tab. 7 row 1): one stage-1 tokenizer
@@ -16,6 +16,10 @@ the identical budget (``--steps``, batch, lr, seed, data order):
 * ``main-job``: the main job (``semhitok demo``'s configs at their own step counts) per recipe
   change in ``MAIN_JOB``, each on its held-out tiles and on the unseen photos' tiles, next to
   the equal-bit thumbnail and k-means rows (k-means fitted once per training-data config).
+* ``unseen``: the same for what might carry the main job to photos of other sources
+  (``UNSEEN``): more training photos (every other photo scikit-image and matplotlib bundle),
+  those with hue rotation, another split of the 2,048 ids (K = 64, m = 32), and a control
+  trained on the unseen photos' left halves, also evaluated on their right halves' tiles.
 
 Reported on held-out tiles (pixels never trained on): PSNR and SSIM. LPIPS and rFID need
 pretrained VGG/Inception weights, which an offline machine does not have; ``--lpips-weights``
@@ -34,7 +38,7 @@ from pathlib import Path
 from benchmarks.suite import Context, Row
 
 NAME = "ablation"
-PARTS = ("concat", "vq-type", "stage3-start", "main-job")
+PARTS = ("concat", "vq-type", "stage3-start", "main-job", "unseen")
 VARIANTS = {  # name: (concat, m)
     "semantic only": ("semantic", 12),
     "none (pixel only)": ("none", 12),
@@ -74,6 +78,23 @@ MAIN_JOB: dict[str, tuple[list[str], list[str]]] = {
     "stage 2: lr 2e-3, 1,800 steps (shipped)": ([], []),
     "shipped + hue rotation in both stages (data.hue=0.5)": (["data.hue=0.5"], []),
 }
+# Photos a recipe can train on (see _photo_set): the demo's training regions; those and every
+# other photo scikit-image and matplotlib bundle, whole (none is evaluated); the left halves of
+# the unseen photos (a control: their right halves' tiles are then held-out tiles of its kind).
+PHOTO_SETS = ("demo", "more photos", "unseen left halves")
+MORE_PHOTOS = (  # skimage.data names: two colour photos, then grey ones
+    "stereo_motorcycle",
+    *("immunohistochemistry", "camera", "brick", "grass", "gravel", "coins", "moon", "clock"),
+)
+UNSEEN: dict[str, tuple[str, list[str]]] = {  # name: (photo set, both stages' overrides)
+    "shipped + more photos": ("more photos", []),
+    "shipped + more photos + hue rotation (data.hue=0.5)": ("more photos", ["data.hue=0.5"]),
+    "shipped, ids split as K = 64 x m = 32": (
+        "demo",
+        ["model_overrides.semantic.codebook_size=64", "model_overrides.pixel.sub_codebook_size=32"],
+    ),
+    "shipped, trained on the unseen photos' left halves": ("unseen left halves", []),
+}
 BIGGER_DECODER = "model_overrides.pixel.decoder={width: 128, depth: 8, heads: 4}"
 
 
@@ -87,7 +108,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def run(ctx: Context) -> list[Row]:
     parts = {"concat": _concat, "vq-type": _vq_type, "stage3-start": _stage3_start}
-    parts["main-job"] = _main_job
+    parts |= {"main-job": _main_job, "unseen": _unseen}
     return parts[ctx.options["part"] or "concat"](_Bench(ctx))
 
 
@@ -139,9 +160,12 @@ class _Bench:
             model, eval_batches(data, 32), self.backbones, progress=False
         )
 
-    def evaluate(self, path: Path, *, usage: bool = True) -> dict[str, float]:
-        """Held-out PSNR/SSIM and semantic cosine; codebook usage unless ``usage`` is False
-        (a decoder stage cannot change any id)."""
+    def evaluate(
+        self, path: Path, *, usage: bool = True, source: Path | None = None
+    ) -> dict[str, float]:
+        """Held-out PSNR/SSIM and semantic cosine; codebook usage over crops of ``source`` (the
+        demo's training regions by default) unless ``usage`` is False (a decoder stage cannot
+        change any id)."""
         from semhitok_plugin.data import eval_batches
         from semhitok_plugin.evaluation import random_crop_usage, semantic_fidelity
         from semhitok_plugin.model import SemHiTok
@@ -156,7 +180,7 @@ class _Bench:
             ],
         }
         if usage:
-            counted = random_crop_usage(model, self.train_dir, crops=self.crops)
+            counted = random_crop_usage(model, source or self.train_dir, crops=self.crops)
             values["semantic_usage"] = counted["semantic"]
             values["sub_codebook_usage"] = counted["sub_codebook"]
         if self.lpips:
@@ -219,51 +243,128 @@ def _stage3_start(b: _Bench) -> list[Row]:
 
 
 def _main_job(b: _Bench) -> list[Row]:
+    recipes = {name: ("demo", both, stage2) for name, (both, stage2) in MAIN_JOB.items()}
+    return _recipes(b, "main", recipes, {})
+
+
+def _unseen(b: _Bench) -> list[Row]:
+    from semhitok_plugin.data import DataConfig
+
+    right = _photo_set(b, "unseen left halves").parent / "right"
+    right = DataConfig(str(right), image_size=64, crop="center")
+    recipes = {name: (photos, both, []) for name, (photos, both) in UNSEEN.items()}
+    return _recipes(b, "unseen", recipes, {"unseen_right": right})
+
+
+def _photo_set(b: _Bench, name: str) -> Path:
+    """The training folder of photo set ``name`` (``PHOTO_SETS``), written on first use."""
+    import shutil
+
+    from PIL import Image
+
+    from semhitok_plugin.demo import save_tiles
+    from semhitok_plugin.samples import UNSEEN_PHOTOS, unseen_photo
+
+    if name not in PHOTO_SETS:
+        raise ValueError(f"unknown photo set {name!r}: choose from {PHOTO_SETS}")
+    if name == "demo":
+        return b.train_dir
+    folder = b.work / "data" / name.replace(" ", "_") / "train"
+    if folder.exists():
+        return folder
+    folder.mkdir(parents=True)
+    if name == "more photos":
+        import matplotlib.cbook
+        import skimage.data
+
+        for path in b.train_dir.iterdir():
+            shutil.copy(path, folder)
+        for photo in MORE_PHOTOS:
+            pixels = getattr(skimage.data, photo)()
+            if isinstance(pixels, tuple):  # stereo_motorcycle: (left, right, disparity)
+                pixels = pixels[0]
+            Image.fromarray(pixels).convert("RGB").save(folder / f"{photo}.bmp")
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as file:
+            Image.open(file).convert("RGB").save(folder / "grace_hopper.bmp")
+    else:  # the unseen photos' left halves; their right halves' tiles beside them
+        right = folder.parent / "right"
+        right.mkdir()
+        for photo in UNSEEN_PHOTOS:
+            image = unseen_photo(photo)
+            half = image.width // 2
+            image.crop((0, 0, half, image.height)).save(folder / f"{photo}.bmp")
+            save_tiles(image.crop((half, 0, image.width, image.height)), 128, right / photo)
+    return folder
+
+
+def _recipes(b: _Bench, slug: str, recipes: dict, extra: dict) -> list[Row]:
+    """Each recipe ``name: (photo set, both stages' overrides, stage 2's)`` trained as the main
+    job (in ``{slug}_{i}``) and evaluated on the held-out, the unseen and the ``extra`` tiles
+    (``{key: data}``), with the baselines once per training-data config."""
     from semhitok_plugin.data import DataConfig
     from semhitok_plugin.demo import BASELINE_CROPS, write_unseen_tiles
     from semhitok_plugin.model import SemHiTok
     from semhitok_plugin.training import train
 
     unseen = DataConfig(str(write_unseen_tiles(b.work / "data")), image_size=64, crop="center")
+    tiles = {"unseen": unseen, **extra}
     rows, baselines, stage1s = [], set(), {}
-    for i, (name, (both, stage2)) in enumerate(MAIN_JOB.items()):
-        if tuple(both) not in stage1s:  # rows that change stage 2 only share a stage 1
-            stage1s[tuple(both)] = b.train("stage1", f"main_{i}/stage1", both)
-        stage1 = stage1s[tuple(both)]
-        overrides = [f"init={stage1}", *both, *stage2]
-        config = b.config("stage2", f"main_{i}/stage2", overrides, budget=False)
+    for i, (name, (photos, both, stage2)) in enumerate(recipes.items()):
+        source = _photo_set(b, photos)
+        sets = [f"data.source={source}", *both] if photos != "demo" else both
+        if tuple(sets) not in stage1s:  # rows that change stage 2 only share a stage 1
+            stage1s[tuple(sets)] = b.train("stage1", f"{slug}_{i}/stage1", sets)
+        overrides = [f"init={stage1s[tuple(sets)]}", *sets, *stage2]
+        config = b.config("stage2", f"{slug}_{i}/stage2", overrides, budget=False)
         config.max_steps = 2 if b.quick else config.max_steps
         start = time.perf_counter()
         final = train(config)
-        values = b.evaluate(final) | {"stage2_minutes": (time.perf_counter() - start) / 60}
+        values = b.evaluate(final, source=source)
+        values["stage2_minutes"] = (time.perf_counter() - start) / 60
         model = SemHiTok.from_pretrained(final)
-        far = b.reconstruction(model, unseen)
-        values |= {"unseen_psnr": far["psnr"], "unseen_ssim": far["ssim"]}
-        rows.append(Row(NAME, name, {"both": both, "stage2": stage2}, values))
+        for key, data in tiles.items():
+            far = b.reconstruction(model, data)
+            values |= {f"{key}_psnr": far["psnr"], f"{key}_ssim": far["ssim"]}
+        rows.append(Row(NAME, name, {"photos": photos, "both": both, "stage2": stage2}, values))
         if repr(config.data) not in baselines:  # the training crops this recipe sees
             baselines.add(repr(config.data))
             crops = 64 if b.quick else BASELINE_CROPS
-            rows += _baseline_rows(b, model, config.data, unseen, crops, name)
+            rows += _baseline_rows(b, model, config.data, tiles, crops, name)
     return rows
 
 
-def _baseline_rows(b: _Bench, model, train_data, unseen, crops: int, recipe: str) -> list[Row]:
-    """Thumbnail and k-means (fitted on ``crops`` crops of ``train_data``) on both tile sets."""
+def _baseline_rows(b: _Bench, model, train_data, tiles: dict, crops: int, recipe: str) -> list[Row]:
+    """Thumbnail and k-means (fitted on ``crops`` crops of ``train_data``) on the held-out and
+    the other ``tiles``."""
     from semhitok_plugin.data import eval_batches
     from semhitok_plugin.evaluation import evaluate_baselines, fit_patch_kmeans
 
     kmeans = fit_patch_kmeans(model, train_data, crops=crops)
-    held, far = (
-        evaluate_baselines(model, eval_batches(d, 32), b.backbones, kmeans=kmeans, progress=False)
-        for d in (b.heldout_data, unseen)
-    )
+    results = {
+        key: evaluate_baselines(
+            model, eval_batches(data, 32), b.backbones, kmeans=kmeans, progress=False
+        )
+        for key, data in {"heldout": b.heldout_data, **tiles}.items()
+    }
+    held = results.pop("heldout")
     rows = []
     for codec in ("thumbnail", "kmeans"):
         values = {"psnr": held[codec]["psnr"], "ssim": held[codec]["ssim"]}
-        values |= {"unseen_psnr": far[codec]["psnr"], "unseen_ssim": far[codec]["ssim"]}
+        for key, result in results.items():
+            values |= {f"{key}_psnr": result[codec]["psnr"], f"{key}_ssim": result[codec]["ssim"]}
         params = {k: v for k, v in held[codec].items() if k not in values}
         rows.append(Row(NAME, f"{codec}, on the training crops of: {recipe}", params, values))
     return rows
 
 
-__all__ = ["MAIN_JOB", "NAME", "PARTS", "STAGE3_STARTS", "VARIANTS", "VQ_TYPES", "run"]
+__all__ = [
+    "MAIN_JOB",
+    "NAME",
+    "PARTS",
+    "PHOTO_SETS",
+    "STAGE3_STARTS",
+    "UNSEEN",
+    "VARIANTS",
+    "VQ_TYPES",
+    "run",
+]

@@ -41,7 +41,7 @@ def write_demo_data(root: Path, tile: int = 128) -> tuple[Path, Path]:
         # training step on two cores (every step decodes 32 crops' source photos).
         photo.crop((0, 0, split, h)).save(train / f"{name}.bmp")
         side = min(tile, w - split)  # one column of tiles at the split
-        _save_tiles(photo.crop((split, 0, split + side, h)), tile, heldout / name)
+        save_tiles(photo.crop((split, 0, split + side, h)), tile, heldout / name)
     return train, heldout
 
 
@@ -50,11 +50,11 @@ def write_unseen_tiles(root: Path, tile: int = 128) -> Path:
     unseen = root / "unseen"
     unseen.mkdir(parents=True, exist_ok=True)
     for name in UNSEEN_PHOTOS:
-        _save_tiles(unseen_photo(name), tile, unseen / name)
+        save_tiles(unseen_photo(name), tile, unseen / name)
     return unseen
 
 
-def _save_tiles(photo: Image.Image, tile: int, stem: Path) -> None:
+def save_tiles(photo: Image.Image, tile: int, stem: Path) -> None:
     """Non-overlapping ``tile`` px squares (narrower photos: their width), row by row, as PNG."""
     side = min(tile, photo.width, photo.height)
     tops, lefts = range(0, photo.height - side + 1, side), range(0, photo.width - side + 1, side)
